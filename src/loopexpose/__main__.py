@@ -1,0 +1,3 @@
+from loopexpose.cli import main
+
+main()
