@@ -6,6 +6,7 @@ User errors (:class:`~loopexpose.errors.LoopExposeError`) become one line on std
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 
 from rich.console import Console
@@ -13,10 +14,10 @@ from rich.console import Console
 from loopexpose.cli.app import app
 from loopexpose.errors import LoopExposeError
 
-COMMAND_MODULES = ("demo",)
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"loopexpose.cli.{_name}")
+# Every module of this package except ``app`` defines commands; importing it registers them.
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "app":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def main() -> None:
