@@ -1,0 +1,454 @@
+"""Mertens exposure fusion as pure, differentiable functions over tensors.
+
+Mertens, Kautz and Van Reeth, "Exposure Fusion" (Pacific Graphics 2007): every frame of a bracket gets a
+per-pixel quality weight (local contrast x colour saturation x well-exposedness, each raised to an exponent);
+the weights are normalised over the bracket, and the frames are blended level by level: the Laplacian pyramid
+of each frame is multiplied by the Gaussian pyramid of its weight, summed over frames, and collapsed.
+
+Shapes: a bracket is ``(N, 3, H, W)`` and a batch of equally long brackets ``(B, N, 3, H, W)``, RGB in
+``[0, 1]``. Any ``N >= 1`` and any ``H x W`` work (odd sizes, 1-pixel-wide images). Everything is differentiable
+with respect to the frames.
+
+The defaults follow OpenCV's ``cv2.createMergeMertens().process`` (which the LoopExpose authors used for their
+pseudo-labels) so closely that the two agree to well over 45 dB PSNR:
+
+* contrast: absolute value of the 3x3 Laplacian ``[[0, 1, 0], [1, -4, 1], [0, 1, 0]]`` of Rec. 601 luma, borders
+  reflected without repeating the edge pixel (OpenCV's ``BORDER_REFLECT_101``);
+* saturation: ``sqrt(sum_c (x_c - mean)^2)`` over the three channels. That is ``sqrt(3)`` times the standard
+  deviation of the paper; the constant factor cancels when weights are normalised (see :func:`saturation`);
+* well-exposedness: ``prod_c exp(-(x_c - 0.5)^2 / (2 * 0.2^2))``;
+* weight: ``contrast^a * saturation^b * exposedness^c + 1e-12``, then divided by its sum over the bracket;
+* pyramids: OpenCV's 5-tap binomial kernel ``[1, 4, 6, 4, 1] / 16``; down-sampling with reflect-101 borders
+  and output size ``ceil(size / 2)``; up-sampling exactly as ``cv2.pyrUp`` (reflect-101 at the top/left,
+  edge repeated at the bottom/right, odd sizes cropped);
+* number of levels: ``floor(log2(min(H, W))) + 1`` (OpenCV's ``maxlevel + 1``).
+
+Two presets (:data:`PRESETS`): ``"mertens"`` (1, 1, 1), the paper's, and ``"opencv"`` (1, 1, 0), the defaults
+of ``cv2.createMergeMertens()``, which ignore well-exposedness. The output is NOT clipped: the Laplacian blend
+can over- or undershoot ``[0, 1]`` by a few percent near strong edges, exactly as OpenCV's does; callers clamp.
+
+Memory: quality weights are computed for the whole bracket (one ``(N, 1, H, W)`` float32 map), then frames are
+blended in chunks of a few frames at a time (:data:`CHUNK_PIXELS`), so the peak is about the input plus
+``8 x H x W x 4`` bytes of pyramid per frame in the chunk and the result pyramid, not N whole pyramids. Fusing
+9 frames of 24 megapixels peaks at about the figure recorded in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "PRESETS",
+    "LUMA_WEIGHTS",
+    "WEIGHT_EPSILON",
+    "contrast",
+    "saturation",
+    "well_exposedness",
+    "quality_weights",
+    "pyramid_levels",
+    "pyr_down",
+    "pyr_up",
+    "gaussian_pyramid",
+    "laplacian_pyramid",
+    "collapse_laplacian_pyramid",
+    "blend_pyramids",
+    "mertens_fuse",
+    "fuse",
+]
+
+#: Exponents ``(contrast, saturation, exposedness)`` of the two documented presets.
+PRESETS: dict[str, tuple[float, float, float]] = {
+    "mertens": (1.0, 1.0, 1.0),  # the paper
+    "opencv": (1.0, 1.0, 0.0),  # cv2.createMergeMertens() defaults; what LoopExpose used for pseudo-labels
+}
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # Rec. 601, as OpenCV's RGB2GRAY
+WEIGHT_EPSILON = 1e-12  # added to every weight before normalising (OpenCV's), so all-zero pixels average evenly
+EXPOSEDNESS_SIGMA = 0.2
+#: Frames x pixels blended at once; larger chunks are faster, smaller ones use less memory.
+CHUNK_PIXELS = 48_000_000
+
+
+# ------------------------------------------------------------------------------------------------ borders
+
+
+def _reflect101(index: int, size: int) -> int:
+    """OpenCV's ``borderInterpolate(index, size, BORDER_REFLECT_101)``: reflect without repeating the edge."""
+    if size == 1:
+        return 0
+    while not 0 <= index < size:
+        index = -index if index < 0 else 2 * size - 2 - index
+    return index
+
+
+def _pad_reflect101(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    """Pad ``x`` by ``pad`` on both sides of ``dim`` (-1 or -2) with reflect-101 borders, for any size."""
+    size = x.shape[dim]
+    if size > pad:
+        # F.pad's "reflect" is reflect-101, but it wants a 3-D input and a size larger than the pad.
+        pads = (pad, pad, 0, 0) if dim == -1 else (0, 0, pad, pad)
+        padded = F.pad(x.reshape(-1, *x.shape[-2:]), pads, mode="reflect")
+        return padded.reshape(*x.shape[:-2], *padded.shape[-2:])
+    index = [_reflect101(i, size) for i in range(-pad, size + pad)]
+    return x.index_select(dim, torch.tensor(index, device=x.device))
+
+
+# ----------------------------------------------------------------------------------------------- measures
+
+
+def _check_frames(images: torch.Tensor, name: str = "images") -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() < 3 or images.shape[-3] != 3:
+        raise ValueError(f"{name} must be shaped (*, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor in [0, 1], got {images.dtype}")
+
+
+def contrast(images: torch.Tensor) -> torch.Tensor:
+    """Local contrast: absolute Laplacian of the Rec. 601 luma.
+
+    Args:
+        images: ``(*, 3, H, W)`` RGB in ``[0, 1]``.
+
+    Returns:
+        ``(*, 1, H, W)``, non-negative (at most 4 for inputs in ``[0, 1]``).
+
+    Example:
+        >>> contrast(torch.zeros(2, 3, 4, 5)).shape
+        torch.Size([2, 1, 4, 5])
+    """
+    _check_frames(images)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    grey = (images * weights).sum(dim=-3, keepdim=True)
+    # 3x3 Laplacian as shifted sums of a reflect-101-padded copy (cv2.Laplacian's ksize=1 kernel and border).
+    padded = _pad_reflect101(_pad_reflect101(grey, 1, -1), 1, -2)
+    laplacian = (
+        padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:] - 4 * grey
+    )
+    return laplacian.abs()
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    # sqrt has an infinite derivative at 0 (grey pixels); give it 0 there so gradients stay finite.
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def saturation(images: torch.Tensor) -> torch.Tensor:
+    """Colour saturation: ``sqrt(sum_c (x_c - mean_c x)^2)`` over the RGB channels of each pixel.
+
+    This is ``sqrt(3)`` x the (population) standard deviation the paper names; OpenCV computes this form, and
+    the constant factor cancels in the normalised weights (up to the tiny :data:`WEIGHT_EPSILON`).
+
+    Args:
+        images: ``(*, 3, H, W)`` RGB in ``[0, 1]``.
+
+    Returns:
+        ``(*, 1, H, W)`` in ``[0, sqrt(2/3)]``.
+
+    Example:
+        >>> saturation(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)).item() == (2 / 3) ** 0.5
+        True
+    """
+    _check_frames(images)
+    deviation = images - images.mean(dim=-3, keepdim=True)
+    return _safe_sqrt((deviation * deviation).sum(dim=-3, keepdim=True))
+
+
+def well_exposedness(images: torch.Tensor, sigma: float = EXPOSEDNESS_SIGMA) -> torch.Tensor:
+    """Well-exposedness: product over RGB of a Gaussian around mid-grey, ``exp(-(x - 0.5)^2 / (2 sigma^2))``.
+
+    Args:
+        images: ``(*, 3, H, W)`` RGB in ``[0, 1]``.
+        sigma: the Gaussian's width (0.2 in the paper and OpenCV).
+
+    Returns:
+        ``(*, 1, H, W)`` in ``(0, 1]``; 1 for mid-grey.
+
+    Example:
+        >>> well_exposedness(torch.full((3, 1, 1), 0.5)).item()
+        1.0
+    """
+    _check_frames(images)
+    distance = images - 0.5
+    return torch.exp(-(distance * distance).sum(dim=-3, keepdim=True) / (2 * sigma**2))
+
+
+def _power(measure: torch.Tensor, exponent: float) -> torch.Tensor | None:
+    """``measure ** exponent``, or ``None`` for exponent 0 (the measure is ignored, as ``pow(x, 0) == 1``)."""
+    if exponent == 0:
+        return None
+    if exponent == 1:
+        return measure
+    # A fractional power of 0 has an infinite derivative; keep gradients finite without changing values.
+    return torch.where(measure > 0, measure.clamp_min(torch.finfo(measure.dtype).tiny) ** exponent, 0.0)
+
+
+def quality_weights(
+    images: torch.Tensor, contrast: float = 1.0, saturation: float = 1.0, exposedness: float = 1.0
+) -> torch.Tensor:
+    """Normalised Mertens weights of the frames of one or more brackets.
+
+    ``w = contrast^a * saturation^b * exposedness^c + 1e-12``, divided by its sum over the frames. Computed in
+    float32 (or float64 for float64 input) whatever the input's dtype: the epsilon underflows in half precision.
+
+    Args:
+        images: ``(*, N, 3, H, W)`` RGB in ``[0, 1]``; the frames of a bracket are along dimension ``-4``.
+        contrast: exponent of the contrast measure (0 ignores it).
+        saturation: exponent of the saturation measure.
+        exposedness: exponent of the well-exposedness measure.
+
+    Returns:
+        ``(*, N, 1, H, W)`` float32 weights, non-negative, summing to 1 over ``N``.
+
+    Example:
+        >>> w = quality_weights(torch.rand(4, 3, 8, 8))
+        >>> w.shape, bool(torch.allclose(w.sum(0), torch.ones(1, 8, 8)))
+        (torch.Size([4, 1, 8, 8]), True)
+    """
+    _check_frames(images)
+    if images.dim() < 4:
+        raise ValueError(f"images must be shaped (*, N, 3, H, W), got {tuple(images.shape)}")
+    for name, value in (("contrast", contrast), ("saturation", saturation), ("exposedness", exposedness)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"the {name} exponent must be a finite number >= 0, got {value}")
+    work = images if images.dtype == torch.float64 else images.float()
+    measures = [
+        _power(_contrast(work), contrast),
+        _power(_saturation(work), saturation),
+        _power(well_exposedness(work), exposedness),
+    ]
+    weight = None
+    for measure in measures:
+        if measure is not None:
+            weight = measure if weight is None else weight * measure
+    if weight is None:
+        weight = torch.zeros_like(work[..., :1, :, :])
+    weight = weight + WEIGHT_EPSILON
+    return weight / weight.sum(dim=-4, keepdim=True)
+
+
+_contrast, _saturation = contrast, saturation  # quality_weights' arguments shadow these names
+
+
+# ----------------------------------------------------------------------------------------------- pyramids
+
+
+def pyramid_levels(height: int, width: int) -> int:
+    """OpenCV's number of pyramid levels for Mertens fusion: ``floor(log2(min(H, W))) + 1``.
+
+    Computed as OpenCV does, in single precision (``int(logf(min) / logf(2))``), so the count matches it even
+    where rounding matters.
+
+    Example:
+        >>> pyramid_levels(356, 536), pyramid_levels(1, 7)
+        (9, 1)
+    """
+    smallest = np.float32(min(height, width))
+    return int(np.float32(np.log(smallest)) / np.float32(np.log(np.float32(2.0)))) + 1
+
+
+def _every_other(x: torch.Tensor, dim: int, start: int, count: int) -> torch.Tensor:
+    """``count`` samples of ``x`` along ``dim`` at ``start, start + 2, ...`` (a strided view)."""
+    return x.narrow(dim, start, 2 * count - 1).unfold(dim, 1, 2).squeeze(-1)
+
+
+def _down_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
+    out = (x.shape[dim] + 1) // 2
+    p = _pad_reflect101(x, 2, dim)
+    # [1, 4, 6, 4, 1] / 16 at every second position, from strided views of the padded copy.
+    t0, t1, t2, t3, t4 = (_every_other(p, dim, k, out) for k in range(5))
+    return ((t0 + t4) + 4 * (t1 + t3) + 6 * t2) * 0.0625
+
+
+def pyr_down(x: torch.Tensor) -> torch.Tensor:
+    """Blur with the 5x5 binomial kernel and drop every other row and column, as ``cv2.pyrDown``.
+
+    Args:
+        x: ``(*, C, H, W)``, any range.
+
+    Returns:
+        ``(*, C, ceil(H / 2), ceil(W / 2))``; borders reflected without repeating the edge (reflect-101).
+
+    Example:
+        >>> pyr_down(torch.ones(1, 3, 5, 8)).shape
+        torch.Size([1, 3, 3, 4])
+    """
+    return _down_1d(_down_1d(x, -1), -2)
+
+
+def _up_1d(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    n = x.shape[dim]
+    # cv2.pyrUp reflects at the start (s[-1] = s[1]) and repeats the edge at the end (s[n] = s[n-1]); a single
+    # sample is repeated on both sides.
+    before = _reflect101(-2, 2 * n) // 2
+    p = torch.cat([x.narrow(dim, before, 1), x, x.narrow(dim, n - 1, 1)], dim=dim)
+    left, right = p.narrow(dim, 0, n), p.narrow(dim, 2, n)
+    even = (left + right + 6 * x) * 0.125
+    odd = (x + right) * 0.5
+    # Interleave: out[2i] = even[i], out[2i + 1] = odd[i].
+    both = torch.stack([even, odd], dim=dim)
+    shape = list(x.shape)
+    shape[dim] = 2 * n
+    return both.reshape(shape).narrow(dim, 0, size)
+
+
+def pyr_up(x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Insert zero rows and columns, blur with 4 x the 5x5 binomial kernel, as ``cv2.pyrUp(x, dstsize=size)``.
+
+    Args:
+        x: ``(*, C, h, w)``, any range.
+        size: ``(H, W)`` of the result, each ``2h`` or ``2h - 1`` (resp. ``w``); default ``(2h, 2w)``.
+
+    Returns:
+        ``(*, C, H, W)``.
+
+    Example:
+        >>> pyr_up(torch.ones(1, 3, 3, 4), (5, 8)).shape
+        torch.Size([1, 3, 5, 8])
+    """
+    h, w = x.shape[-2:]
+    height, width = size if size is not None else (2 * h, 2 * w)
+    if height not in (2 * h, 2 * h - 1) or width not in (2 * w, 2 * w - 1):
+        raise ValueError(f"pyr_up size must be (2h or 2h-1, 2w or 2w-1) for input {h}x{w}, got {height}x{width}")
+    return _up_1d(_up_1d(x, -2, height), -1, width)
+
+
+def gaussian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``[x, pyr_down(x), pyr_down(pyr_down(x)), ...]``, ``levels`` tensors in all.
+
+    Args:
+        x: ``(*, C, H, W)``.
+        levels: number of levels, >= 1 (the first is ``x`` itself).
+    """
+    pyramid = [x]
+    for _ in range(levels - 1):
+        pyramid.append(pyr_down(pyramid[-1]))
+    return pyramid
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Band-pass levels ``G_l - pyr_up(G_{l+1})`` of the Gaussian pyramid, ending with its coarsest level.
+
+    Args:
+        x: ``(*, C, H, W)``.
+        levels: number of levels, >= 1. :func:`collapse_laplacian_pyramid` inverts it (up to rounding).
+    """
+    gaussian = gaussian_pyramid(x, levels)
+    bands = [fine - pyr_up(coarse, fine.shape[-2:]) for fine, coarse in zip(gaussian[:-1], gaussian[1:])]
+    return bands + [gaussian[-1]]
+
+
+def collapse_laplacian_pyramid(pyramid: list[torch.Tensor]) -> torch.Tensor:
+    """Rebuild an image from its Laplacian pyramid (finest level first)."""
+    image = pyramid[-1]
+    for band in reversed(pyramid[:-1]):
+        image = band + pyr_up(image, band.shape[-2:])
+    return image
+
+
+def blend_pyramids(images: torch.Tensor, weights: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Laplacian pyramid of ``sum_n gaussian(weights_n) * laplacian(images_n)``, the frames summed over dim -4.
+
+    Args:
+        images: ``(*, N, C, H, W)``.
+        weights: ``(*, N, 1, H, W)``, normalised over ``N``.
+        levels: number of pyramid levels, >= 1.
+
+    Returns:
+        ``levels`` tensors ``(*, C, H_l, W_l)``, finest first.
+    """
+    blended: list[torch.Tensor] = []
+    image_level, weight_level = images, weights
+    for level in range(levels):
+        if level < levels - 1:
+            image_next = pyr_down(image_level)
+            band = image_level - pyr_up(image_next, image_level.shape[-2:])
+        else:
+            image_next, band = None, image_level
+        blended.append((band * weight_level).sum(dim=-4))
+        if image_next is not None:
+            weight_level = pyr_down(weight_level)
+        image_level = image_next
+    return blended
+
+
+# ----------------------------------------------------------------------------------------------- fusion
+
+
+def mertens_fuse(
+    images: torch.Tensor,
+    contrast: float = 1.0,
+    saturation: float = 1.0,
+    exposedness: float = 1.0,
+    levels: int | None = None,
+) -> torch.Tensor:
+    """Fuse an exposure bracket (or a batch of them) with Mertens exposure fusion.
+
+    Args:
+        images: ``(N, 3, H, W)`` one bracket, or ``(B, N, 3, H, W)`` a batch of brackets, RGB in ``[0, 1]``,
+            float32/float64 (float16/bfloat16 too; weights are then computed in float32). Frame order is free.
+        contrast: exponent of the contrast measure (0 ignores it).
+        saturation: exponent of the saturation measure.
+        exposedness: exponent of the well-exposedness measure. The defaults are the paper's;
+            ``cv2.createMergeMertens()`` uses ``(1, 1, 0)``: see :data:`PRESETS` and :func:`fuse`.
+        levels: pyramid levels including the full-resolution one; ``None`` is OpenCV's
+            ``floor(log2(min(H, W))) + 1``; ``1`` is a plain per-pixel weighted average.
+
+    Returns:
+        ``(3, H, W)`` or ``(B, 3, H, W)``, same dtype and device as ``images``. NOT clipped: it may leave
+        ``[0, 1]`` slightly near strong edges (as OpenCV's); clamp before saving. With ``N == 1`` the frame
+        itself is returned (a copy).
+
+    Example:
+        >>> bracket = torch.rand(3, 3, 16, 24)
+        >>> mertens_fuse(bracket).shape, mertens_fuse(bracket[None].expand(2, -1, -1, -1, -1)).shape
+        (torch.Size([3, 16, 24]), torch.Size([2, 3, 16, 24]))
+    """
+    _check_frames(images)
+    if images.dim() not in (4, 5):
+        raise ValueError(f"images must be (N, 3, H, W) or (B, N, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[-4] == 0 or images.shape[-1] == 0 or images.shape[-2] == 0:
+        raise ValueError(f"images must hold at least one non-empty frame, got {tuple(images.shape)}")
+    height, width = images.shape[-2:]
+    if levels is None:
+        levels = pyramid_levels(height, width)
+    if not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be a positive int or None, got {levels!r}")
+    if images.shape[-4] == 1:
+        return images.select(-4, 0).clone()
+    weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
+    # Blend a few frames at a time and add up the pyramids: the result is the same, the peak memory smaller.
+    frames = images.shape[-4]
+    batch = images.shape[0] if images.dim() == 5 else 1
+    chunk = max(1, CHUNK_PIXELS // max(1, batch * height * width))
+    total: list[torch.Tensor] | None = None
+    for start in range(0, frames, chunk):
+        part = blend_pyramids(
+            images.narrow(-4, start, min(chunk, frames - start)),
+            weights.narrow(-4, start, min(chunk, frames - start)),
+            levels,
+        )
+        total = part if total is None else [a + b for a, b in zip(total, part)]
+    return collapse_laplacian_pyramid(total)
+
+
+def fuse(images: torch.Tensor, preset: str = "opencv", levels: int | None = None) -> torch.Tensor:
+    """Mertens fusion with a named preset of exponents.
+
+    Args:
+        images: ``(N, 3, H, W)`` or ``(B, N, 3, H, W)`` in ``[0, 1]``.
+        preset: ``"opencv"`` (contrast 1, saturation 1, exposedness 0: ``cv2.createMergeMertens()``'s defaults,
+            used by the LoopExpose authors for their pseudo-labels) or ``"mertens"`` (1, 1, 1: the paper).
+        levels: see :func:`mertens_fuse`.
+
+    Returns:
+        ``(3, H, W)`` or ``(B, 3, H, W)``, not clipped.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown fusion preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return mertens_fuse(images, *PRESETS[preset], levels=levels)
