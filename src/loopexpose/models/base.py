@@ -1,0 +1,93 @@
+"""What every correction model offers users: ``model.correct(image)`` for arrays, PIL images and tensors."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from loopexpose.errors import LoopExposeError
+
+
+class ExposureModel(nn.Module):
+    """Base class of correction networks.
+
+    Subclasses implement ``forward(x) -> {"output": (B, 3, H, W) in [0, 1], ...}`` for ``(B, 3, H, W)`` input in
+    [0, 1], set ``arch`` (their registry name) and ``config`` (a dataclass), and may override
+    :meth:`correct_array` with a faster CPU path for whole photos.
+    """
+
+    arch: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def correct(self, image, max_side: int = 0):
+        """Correct one photo (or a stack of tensors) and return the same kind of object.
+
+        Args:
+            image: a numpy array ``(H, W, 3)`` of uint8, uint16 or float in [0, 1]; a PIL image; or a tensor
+                ``(*, 3, H, W)`` in [0, 1] (each image is corrected on its own, on the model's device).
+            max_side: if > 0, downscale so the long side is at most this first (0 = full resolution).
+        Returns:
+            The corrected image, same type, dtype and shape (smaller if ``max_side`` applied).
+        """
+        if isinstance(image, torch.Tensor):
+            return self._correct_tensor(image, max_side)
+        if isinstance(image, np.ndarray):
+            return self._correct_numpy(image, max_side)
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - pillow is a core dependency
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            mode = image.mode
+            rgb = np.asarray(image.convert("RGB"))
+            out = Image.fromarray(self._correct_numpy(rgb, max_side), mode="RGB")
+            return out if mode == "RGB" else out.convert(mode) if mode in ("L", "RGBA") else out
+        raise LoopExposeError(f"cannot correct an object of type {type(image).__name__}")
+
+    def _correct_numpy(self, array: np.ndarray, max_side: int) -> np.ndarray:
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise LoopExposeError(f"expected an (H, W, 3) RGB array, got shape {array.shape}")
+        dtype = array.dtype
+        if dtype not in (np.uint8, np.uint16):
+            array = np.clip(array.astype(np.float32), 0, 1)
+        if max_side and max(array.shape[:2]) > max_side:
+            scale = max_side / max(array.shape[:2])
+            size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
+            array = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+        if self.device.type == "cpu":
+            out = self.correct_array(np.ascontiguousarray(array))
+        else:
+            scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
+            x = torch.from_numpy(array.astype(np.float32) / np.float32(scale)).permute(2, 0, 1)
+            y = self._correct_tensor(x, 0).permute(1, 2, 0).cpu().numpy()
+            out = (np.clip(y, 0, 1) * scale + 0.5).astype(array.dtype) if scale != 1.0 else y
+        return out.astype(dtype) if out.dtype != dtype else out
+
+    def correct_array(self, array: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8/uint16/float32 -> same; the default runs :meth:`forward` on the whole image."""
+        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
+        x = torch.from_numpy(array.astype(np.float32) / np.float32(scale)).permute(2, 0, 1)
+        y = self._correct_tensor(x, 0).permute(1, 2, 0).numpy()
+        return (np.clip(y, 0, 1) * scale + 0.5).astype(array.dtype) if scale != 1.0 else y
+
+    def _correct_tensor(self, image: torch.Tensor, max_side: int) -> torch.Tensor:
+        if image.ndim < 3 or image.shape[-3] != 3:
+            raise LoopExposeError(f"expected a (*, 3, H, W) tensor, got shape {tuple(image.shape)}")
+        lead, (h, w) = image.shape[:-3], image.shape[-2:]
+        flat = image.reshape(-1, 3, h, w)
+        outputs = []
+        for frame in flat:  # one at a time: results never depend on the batch, and memory stays bounded
+            x = frame[None].to(self.device, torch.float32).clamp(0, 1)
+            if max_side and max(h, w) > max_side:
+                scale = max_side / max(h, w)
+                size = (max(1, round(h * scale)), max(1, round(w * scale)))
+                x = torch.nn.functional.interpolate(x, size=size, mode="area")
+            outputs.append(self(x)["output"][0])
+        out = torch.stack(outputs).to(image.device, image.dtype if image.is_floating_point() else torch.float32)
+        return out.reshape(*lead, *out.shape[-3:])
