@@ -20,19 +20,23 @@ frame's is resized to it with a warning (cameras and converters crop a few pixel
 
 from __future__ import annotations
 
+import functools
 import io as _io
 import math
 import os
 import re
+import struct
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+import tifffile
+from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from loopexpose.errors import LoopExposeError
 
@@ -63,10 +67,13 @@ class Photo:
 
 
 def read_image(path: str | os.PathLike) -> Photo:
-    """Read a JPEG, PNG or TIFF (8 or 16 bit; grey, RGB or with alpha) as a :class:`Photo`.
+    """Read a JPEG, PNG or TIFF (8 or 16 bit; grey, grey+alpha, RGB, RGBA or palette) as a :class:`Photo`.
+
+    Alpha is dropped (not composited): brackets are opaque photos, and a matte colour would be a guess.
+    Float TIFFs are clipped to ``[0, 1]`` and reported as 16-bit (the deepest depth :func:`write_image` writes).
 
     Raises:
-        LoopExposeError: the file is missing, not an image, truncated, or of an unsupported depth.
+        LoopExposeError: the file is missing, empty, not an image, truncated, or of an unsupported sample type.
     """
     path = Path(path)
     if not path.exists():
@@ -76,24 +83,13 @@ def read_image(path: str | os.PathLike) -> Photo:
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with any characters in the path
     if data.size == 0:
         raise LoopExposeError("empty file", path)
-    try:
-        with Image.open(_io.BytesIO(data.tobytes())) as meta:
-            # PIL reads headers only; decoding is OpenCV's (faster, and it keeps 16-bit RGB, which PIL cannot).
-            exif = meta.getexif()
-            orientation = int(exif.get(_ORIENTATION, 1) or 1)
-            icc = meta.info.get("icc_profile") or None
-            if _ORIENTATION in exif:
-                exif[_ORIENTATION] = 1
-            exif_bytes = exif.tobytes() if len(exif) else None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise LoopExposeError(f"not a readable image ({exc.__class__.__name__})", path) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    exif_bytes, icc, orientation = _read_metadata(data, path)
+    if _truncated_jpeg(data):
+        raise LoopExposeError("truncated JPEG (no end-of-image marker)", path)
+    with _quiet_opencv():
         raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if raw is None:
-        raise LoopExposeError("cannot decode image data (truncated or corrupt file?)", path)
-    if _truncated_jpeg(data, path):
-        raise LoopExposeError("truncated JPEG (no end-of-image marker)", path)
+        raise LoopExposeError("cannot decode image data (truncated or corrupt file)", path)
     if raw.dtype == np.uint8:
         bit_depth, scale = 8, 255.0
     elif raw.dtype == np.uint16:
@@ -101,25 +97,67 @@ def read_image(path: str | os.PathLike) -> Photo:
     elif raw.dtype == np.float32:
         bit_depth, scale = 16, 1.0
     else:
-        raise LoopExposeError(f"unsupported sample type {raw.dtype}", path)
+        raise LoopExposeError(f"unsupported sample type {raw.dtype} (expected 8- or 16-bit)", path)
     if raw.ndim == 2:
         rgb = np.repeat(raw[:, :, None], 3, axis=2)
-    elif raw.shape[2] == 1:
-        rgb = np.repeat(raw, 3, axis=2)
-    elif raw.shape[2] == 2:  # grey + alpha
+    elif raw.shape[2] in (1, 2):  # grey, grey + alpha
         rgb = np.repeat(raw[:, :, :1], 3, axis=2)
-    else:
-        rgb = cv2.cvtColor(raw[:, :, :3], cv2.COLOR_BGR2RGB)
+    else:  # BGR or BGRA
+        rgb = cv2.cvtColor(np.ascontiguousarray(raw[:, :, :3]), cv2.COLOR_BGR2RGB)
     pixels = np.clip(rgb.astype(np.float32) / np.float32(scale), 0.0, 1.0)
     pixels = np.ascontiguousarray(_apply_orientation(pixels, orientation))
     return Photo(pixels=pixels, path=path, bit_depth=bit_depth, exif=exif_bytes, icc=icc)
 
 
-def _truncated_jpeg(data: np.ndarray, path: Path) -> bool:
-    if path.suffix.lower() not in {".jpg", ".jpeg"}:
+# TIFF structure tags: they describe the file they were read from and must not be copied into another file.
+_TIFF_STRUCTURE_TAGS = {
+    254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 290, 291, 317, 320,
+    322, 323, 324, 325, 338, 339, 340, 341, 513, 514, 530, 531, 532, 34675,
+}  # fmt: skip
+
+
+def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | None, int]:
+    """EXIF bytes (orientation reset to 1, TIFF structure tags dropped), ICC profile, EXIF orientation."""
+    try:
+        with Image.open(_io.BytesIO(data.tobytes())) as meta:
+            # PIL reads headers only; decoding is OpenCV's (faster, and it keeps 16-bit RGB, which PIL cannot).
+            if meta.format not in {"JPEG", "PNG", "TIFF", "MPO"}:
+                raise LoopExposeError(f"unsupported image format {meta.format} (use JPEG, PNG or TIFF)", path)
+            exif = meta.getexif()
+            icc = meta.info.get("icc_profile") or None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise LoopExposeError(f"not a readable image ({exc.__class__.__name__})", path) from None
+    try:
+        orientation = int(exif.get(_ORIENTATION, 1) or 1)
+    except (TypeError, ValueError):
+        orientation = 1
+    for tag in _TIFF_STRUCTURE_TAGS & set(exif):
+        del exif[tag]
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1
+    try:
+        exif_bytes = exif.tobytes() if len(exif) else None
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not make the photo unreadable
+        exif_bytes = None
+    return exif_bytes, icc, orientation
+
+
+class _quiet_opencv:
+    """Silence OpenCV's own stderr logging (it reports truncated files itself; we raise one clear error)."""
+
+    def __enter__(self) -> None:
+        self.level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+    def __exit__(self, *exc: object) -> None:
+        cv2.utils.logging.setLogLevel(self.level)
+
+
+def _truncated_jpeg(data: np.ndarray) -> bool:
+    """True for a JPEG (by magic bytes) without an end-of-image marker near its end."""
+    if data.size < 3 or data[:3].tobytes() != b"\xff\xd8\xff":
         return False
-    tail = data[-4096:].tobytes()
-    return b"\xff\xd9" not in tail
+    return b"\xff\xd9" not in data[-4096:].tobytes()
 
 
 def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -166,10 +204,12 @@ def write_image(
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise LoopExposeError(f"expected (H, W, 3) pixels, got shape {pixels.shape}", path)
     quantised = _quantise(pixels, bits)
-    if bits == 8:
+    if suffix in {".tif", ".tiff"}:
+        payload = _encode_tiff(quantised, exif, icc)
+    elif bits == 8:
         payload = _encode_pil(quantised, suffix, exif, icc, quality)
     else:
-        payload = _encode_16bit(quantised, suffix, exif, icc)
+        payload = _encode_png16(quantised, exif, icc)
     atomic_write_bytes(path, payload)
     return path
 
@@ -196,41 +236,85 @@ def _encode_pil(rgb8: np.ndarray, suffix: str, exif: bytes | None, icc: bytes | 
     buffer = _io.BytesIO()
     if suffix in {".jpg", ".jpeg"}:
         image.save(buffer, format="JPEG", quality=int(quality), subsampling=0 if quality >= 90 else 2, **options)
-    elif suffix == ".png":
-        image.save(buffer, format="PNG", compress_level=3, **options)
     else:
-        image.save(buffer, format="TIFF", compression="tiff_deflate", **options)
+        image.save(buffer, format="PNG", compress_level=3, **options)
     return buffer.getvalue()
 
 
-def _encode_16bit(rgb16: np.ndarray, suffix: str, exif: bytes | None, icc: bytes | None) -> bytes:
-    # PIL cannot write 16-bit RGB, so OpenCV encodes and the metadata is added here.
+def _encode_png16(rgb16: np.ndarray, exif: bytes | None, icc: bytes | None) -> bytes:
+    # PIL cannot write 16-bit RGB, so OpenCV encodes and the metadata chunks are added here.
     bgr = cv2.cvtColor(np.ascontiguousarray(rgb16), cv2.COLOR_RGB2BGR)
-    if suffix == ".png":
-        ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        if not ok:
-            raise LoopExposeError("OpenCV failed to encode 16-bit PNG")
-        chunks = []
-        if icc:
-            import zlib
+    ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise LoopExposeError("OpenCV failed to encode a 16-bit PNG")
+    chunks = []
+    if icc:
+        chunks.append((b"iCCP", b"icc\x00\x00" + zlib.compress(icc)))  # name, NUL, method 0 (deflate)
+    if exif:
+        chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    return _png_insert_chunks(encoded.tobytes(), chunks)
 
-            chunks.append((b"iCCP", b"icc\x00\x00" + zlib.compress(icc)))
-        if exif:
-            chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
-        return _png_insert_chunks(encoded.tobytes(), chunks)
-    import tifffile
 
+# Base-IFD EXIF tags worth carrying into a 16-bit TIFF (tifffile writes the image structure tags itself).
+_TIFF_TEXT_TAGS = (270, 271, 272, 306, 315, 33432)  # description, make, model, date, artist, copyright
+
+
+def _encode_tiff(rgb: np.ndarray, exif: bytes | None, icc: bytes | None) -> bytes:
+    """8- or 16-bit RGB TIFF via tifffile (Pillow cannot write 16-bit RGB, and its libtiff writer rejects some
+    EXIF), with the ICC profile and EXIF (text tags of IFD0 and the Exif sub-IFD).
+
+    tifffile refuses to write the ExifIFD pointer tag, so the file is written with a private placeholder tag
+    (34664, which sorts where 34665 belongs), the Exif sub-IFD, serialised by Pillow for its final offset, is
+    appended after the image, and the placeholder entry is patched into the pointer. GPS and thumbnail IFDs
+    are not carried.
+    """
+    extratags: list[tuple] = [(34675, "B", len(icc), icc, True)] if icc else []
+    sub_ifd: dict = {}
+    if exif:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        for tag in _TIFF_TEXT_TAGS:
+            value = parsed.get(tag)
+            if isinstance(value, str) and value and value.isascii():
+                extratags.append((tag, "s", 0, value, True))
+        sub_ifd = {k: v for k, v in parsed.get_ifd(_EXIF_IFD).items() if k != 0xA005}  # drop Interop pointer
+    if sub_ifd:
+        extratags.append((_EXIF_PLACEHOLDER, "I", 1, 0, True))
     buffer = _io.BytesIO()
-    extratags = [(34675, "B", len(icc), icc, True)] if icc else []
-    tifffile.imwrite(buffer, rgb16, photometric="rgb", compression="zlib", extratags=extratags)
+    tifffile.imwrite(buffer, rgb, photometric="rgb", compression="zlib", extratags=extratags, metadata=None,
+                     byteorder="<")  # fmt: skip
+    payload = bytearray(buffer.getvalue())
+    if not sub_ifd:
+        return bytes(payload)
+    offset = len(payload) + len(payload) % 2  # IFDs start on a word boundary
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=b"II\x2a\x00\x08\x00\x00\x00")
+    for tag, value in sub_ifd.items():
+        ifd[tag] = value
+    try:
+        block = ifd.tobytes(offset)
+    except Exception:  # noqa: BLE001 - an odd maker tag must not cost the user the image
+        return _drop_exif_placeholder(rgb, extratags)
+    ifd0 = struct.unpack_from("<I", payload, 4)[0]
+    for i in range(struct.unpack_from("<H", payload, ifd0)[0]):
+        entry = ifd0 + 2 + 12 * i
+        if struct.unpack_from("<H", payload, entry)[0] == _EXIF_PLACEHOLDER:
+            struct.pack_into("<HHII", payload, entry, _EXIF_IFD, 4, 1, offset)  # type 4 = LONG
+            return bytes(payload) + b"\x00" * (offset - len(payload)) + block
+    return _drop_exif_placeholder(rgb, extratags)
+
+
+_EXIF_PLACEHOLDER = 34664
+
+
+def _drop_exif_placeholder(rgb: np.ndarray, extratags: list[tuple]) -> bytes:
+    buffer = _io.BytesIO()
+    tags = [t for t in extratags if t[0] != _EXIF_PLACEHOLDER]
+    tifffile.imwrite(buffer, rgb, photometric="rgb", compression="zlib", extratags=tags, metadata=None)
     return buffer.getvalue()
 
 
 def _png_insert_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
     """Insert ancillary chunks right after IHDR (iCCP must precede IDAT)."""
-    import struct
-    import zlib
-
     ihdr_end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4
     extra = b"".join(
         struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -269,6 +353,9 @@ def luma(pixels: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- brackets
 
+REFERENCE_LUMA = 118 / 255  # mid-grey target for a bracket's "reference" (well-exposed) frame
+RULES = ("exif", "shutter_times", "filename", "luminance", "single")
+
 
 @dataclass
 class Bracket:
@@ -277,8 +364,12 @@ class Bracket:
     Attributes:
         scene: the scene folder.
         paths: frame files, darkest first.
-        evs: relative exposure of each frame in stops (0 for the first), or ``None`` when ordered by luminance.
-        rule: how the order was found: ``"exif"``, ``"shutter_times"``, ``"filename"`` or ``"luminance"``.
+        evs: exposure of each frame in stops relative to the first (so ``evs[0] == 0``), or ``None`` when the
+            order comes from luminance alone. Named levels (``under/normal/over``) count as 1 stop apart.
+        rule: how the order was found, one of :data:`RULES`: ``"exif"``, ``"shutter_times"``, ``"filename"``,
+            ``"luminance"`` or ``"single"`` (one frame).
+        mean_luma: mean Rec. 601 luma of each frame in ``[0, 1]`` (same order as ``paths``).
+        note: why a metadata rule was not used, or where its order disagrees with the frames' luminance.
     """
 
     scene: Path
@@ -286,17 +377,32 @@ class Bracket:
     evs: list[float] | None
     rule: str
     mean_luma: list[float] = field(default_factory=list)
+    note: str = ""
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def name(self) -> str:
+        """The scene folder's name."""
         return self.scene.name
+
+    @property
+    def collection(self) -> str:
+        """The name of the folder holding the scene (its collection)."""
+        return self.scene.parent.name
+
+    def reference_index(self, target: float = REFERENCE_LUMA) -> int:
+        """Index of the frame whose mean luma is nearest ``target`` (in ``[0, 1]``; default 118/255)."""
+        return int(np.argmin([abs(value - target) for value in self.mean_luma]))
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder`` (hidden files skipped), sorted by name."""
+    """Image files directly inside ``folder`` (by suffix; hidden files skipped), sorted by name.
+
+    Raises:
+        LoopExposeError: ``folder`` is missing or is not a folder.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise LoopExposeError("no such folder", folder)
@@ -307,137 +413,254 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     )
 
 
-def find_scenes(root: str | os.PathLike) -> list[Path]:
-    """Scene folders under ``root``: ``root`` itself if it holds images, else its sub-folders that do (sorted).
+def find_scenes(root: str | os.PathLike, max_depth: int = 3) -> list[Path]:
+    """Scene folders under ``root``, sorted: ``root`` itself if it holds images, else the folders below it that do.
+
+    A folder holding images is a scene and is not searched further, so ``root`` may be a scene, a collection
+    (folder of scenes) or a folder of collections (``max_depth`` levels down at most).
 
     Raises:
-        LoopExposeError: ``root`` is missing or holds no images at all.
+        LoopExposeError: ``root`` is missing, not a folder, or holds no images at all.
     """
     root = Path(root)
     if list_images(root):
         return [root]
-    scenes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and list_images(p))
+    scenes = _scene_folders(root, max_depth)
     if not scenes:
         raise LoopExposeError("no images found (expected a scene folder or a folder of scene folders)", root)
     return scenes
 
 
+def _scene_folders(folder: Path, depth: int) -> list[Path]:
+    found: list[Path] = []
+    if depth <= 0:
+        return found
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found.extend([child] if list_images(child) else _scene_folders(child, depth - 1))
+    return found
+
+
 _NAMED_EV = {
-    "under": -1.0, "normal": 0.0, "over": 1.0,
-    "short": -1.0, "medium": 0.0, "long": 1.0,
-    "m3": -3.0, "m2": -2.0, "m1": -1.0, "zero": 0.0, "p1": 1.0, "p2": 2.0, "p3": 3.0,
+    "underexposed": -1.0, "under": -1.0, "dark": -1.0, "short": -1.0, "low": -1.0,
+    "normal": 0.0, "mean": 0.0, "medium": 0.0, "mid": 0.0, "zero": 0.0,
+    "overexposed": 1.0, "over": 1.0, "bright": 1.0, "long": 1.0, "high": 1.0,
 }  # fmt: skip
-_MSEC_RE = re.compile(r"_(N|P)(\d+(?:\.\d+)?)$|_(0)$")
-_EV_RE = re.compile(r"ev\s*([+-]?\d+(?:\.\d+)?)", re.IGNORECASE)
-_WORD_RE = re.compile(r"(?:^|[^a-z0-9])(" + "|".join(sorted(_NAMED_EV, key=len, reverse=True)) + r")(?:$|[^a-z0-9])")
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_FILENAME_PATTERNS = (  # (pattern, how to turn its groups into an EV), tried in order on the lower-case stem
+    (re.compile(r"_([np])" + _NUMBER + r"$"), lambda s, v: -float(v) if s == "n" else float(v)),  # MSEC _N1.5
+    (re.compile(r"_(0)$"), lambda _: 0.0),  # MSEC _0
+    (re.compile(r"ev\s*([+-]?)" + _NUMBER + r"(?![\d.])"), lambda s, v: -float(v) if s == "-" else float(v)),
+    (re.compile(r"(?<![a-z0-9.])([mp+-]?)" + _NUMBER + r"\s*ev(?![a-z])"), lambda s, v: _signed(s, v)),  # m1EV
+    (re.compile(r"(?<![a-z0-9])([mp])" + _NUMBER + r"(?![a-z0-9])"), lambda s, v: _signed(s, v)),  # (m2), _p1
+    (re.compile(r"\(\s*(0)\s*\)"), lambda _: 0.0),  # img3(0)
+    (re.compile(r"(?<![a-z])(" + "|".join(sorted(_NAMED_EV, key=len, reverse=True)) + r")(?![a-z])"),
+     lambda word: _NAMED_EV[word]),
+)  # fmt: skip
+
+
+def _signed(sign: str, value: str) -> float:
+    return -float(value) if sign in ("m", "-") else float(value)
 
 
 def ev_from_filename(name: str) -> float | None:
-    """The EV offset a file name announces (``a_N1.5.jpg`` -> -1.5, ``img(p2).png`` -> 2), or ``None``."""
-    stem = Path(name).stem
-    match = _MSEC_RE.search(stem)
-    if match:
-        if match.group(3):
-            return 0.0
-        value = float(match.group(2))
-        return -value if match.group(1) == "N" else value
-    match = _EV_RE.search(stem)
-    if match:
-        return float(match.group(1))
-    match = _WORD_RE.search(stem.lower())
-    if match:
-        return _NAMED_EV[match.group(1)]
+    """The EV offset a file name announces, or ``None``.
+
+    Understood: MSEC ``a_N1.5.jpg`` -> -1.5, ``a_0.jpg`` -> 0, ``a_P1.jpg`` -> 1; ``StudioEV-2.png`` -> -2,
+    ``Img_EV4.jpg`` -> 4; ``x_m1EV.JPG`` -> -1; ``img2(m2).JPG`` -> -2, ``img6(p2)`` -> 2, ``img3(0)`` -> 0;
+    words ``under/dark/short`` -> -1, ``normal/mean/medium/zero`` -> 0, ``over/bright/long`` -> +1 (ordinal
+    levels, counted as 1 stop apart). Repeated image suffixes (``a.JPG.jpg``) are ignored.
+
+    >>> [ev_from_filename(n) for n in ("a_N1.5.jpg", "StudioEV+2.png", "img2(m2).JPG.jpg", "sky_over.png")]
+    [-1.5, 2.0, -2.0, 1.0]
+    >>> ev_from_filename("_MDF0001.png") is None
+    True
+    """
+    stem = Path(name).name
+    while Path(stem).suffix.lower() in IMAGE_SUFFIXES:
+        stem = Path(stem).stem
+    is_msec = bool(re.search(r"_[NP]\d+(?:\.\d+)?$|_0$", stem))  # MSEC tags are upper case
+    lower = stem.lower()
+    for index, (pattern, convert) in enumerate(_FILENAME_PATTERNS):
+        if index == 0 and not is_msec:
+            continue
+        match = pattern.search(lower)
+        if match:
+            return float(convert(*match.groups()))
     return None
 
 
-def exif_ev(path: Path) -> float | None:
-    """Exposure of a file from EXIF as log2(time x ISO / f-number^2) (larger is brighter), or ``None``."""
+def exif_ev(path: str | os.PathLike) -> float | None:
+    """Exposure of a file from EXIF as log2(time x ISO/100 / f-number^2) (larger is brighter), or ``None``.
+
+    A missing f-number counts as f/1 and a missing ISO as 100; a missing exposure time gives ``None``.
+    """
     try:
         with Image.open(path) as image:
-            sub = image.getexif().get_ifd(_EXIF_IFD)
+            return _exif_ev_of(image.getexif())
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return None
-    time, f_number, iso = sub.get(_EXPOSURE_TIME), sub.get(_F_NUMBER), sub.get(_ISO)
+
+
+def _exif_ev_of(exif: Image.Exif) -> float | None:
     try:
+        sub = exif.get_ifd(_EXIF_IFD)
+        time, f_number, iso = sub.get(_EXPOSURE_TIME), sub.get(_F_NUMBER), sub.get(_ISO)
         time = float(time)
         f_number = float(f_number) if f_number else 1.0
         iso = float(iso[0] if isinstance(iso, tuple) else iso) if iso else 100.0
-    except (TypeError, ValueError, ZeroDivisionError):
+    except (TypeError, ValueError, ZeroDivisionError, KeyError, OSError):
         return None
-    if not (time > 0 and f_number > 0 and iso > 0):
+    if not (time > 0 and f_number > 0 and iso > 0) or not math.isfinite(time):
         return None
     return math.log2(time * iso / 100.0 / f_number**2)
 
 
 def _sidecar_times(scene: Path, paths: list[Path]) -> list[float] | None:
+    """Exposure times from ``shutter_times.txt`` in the scene folder or, for a lone scene, in its parent.
+
+    The file holds one time per line (seconds, ``1/250`` allowed) in file-name order, or ``name time`` pairs.
+    """
     sidecar = scene / "shutter_times.txt"
-    if not sidecar.is_file():
-        return None
-    rows = [line.split() for line in sidecar.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    in_scene = sidecar.is_file()
+    if not in_scene:
+        sidecar = scene.parent / "shutter_times.txt"
+        if not sidecar.is_file():
+            return None
+    rows = [line.split() for line in sidecar.read_text(errors="replace").splitlines()]
+    rows = [row for row in rows if row and not row[0].startswith("#")]
+    names = sorted(paths)
     try:
-        if all(len(r) == 2 for r in rows):
+        if rows and all(len(r) == 2 for r in rows):
             table = {name: _parse_time(t) for name, t in rows}
-            return [table[p.name] for p in paths]
-        if len(rows) == len(paths) and all(len(r) == 1 for r in rows):
-            return [_parse_time(r[0]) for r in rows]
+            if in_scene or all(p.name in table for p in paths):
+                return [table[p.name] for p in paths]
+        lone = in_scene or sum(1 for p in scene.parent.iterdir() if p.is_dir() and not p.name.startswith(".")) == 1
+        if lone and len(rows) == len(paths) and all(len(r) == 1 for r in rows):
+            by_name = {p: _parse_time(r[0]) for p, r in zip(names, rows)}
+            return [by_name[p] for p in paths]
     except (KeyError, ValueError, ZeroDivisionError):
         pass
-    raise LoopExposeError("cannot match shutter_times.txt to the scene's images (one time per image expected)", sidecar)
+    if in_scene:
+        raise LoopExposeError("cannot match shutter_times.txt to the scene's images (one time per image)", sidecar)
+    return None
 
 
 def _parse_time(text: str) -> float:
     if "/" in text:
         num, den = text.split("/")
-        return float(num) / float(den)
-    return float(text)
+        value = float(num) / float(den)
+    else:
+        value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(text)
+    return value
 
 
-def mean_luma(path: Path, max_side: int = 256) -> float:
-    """Mean Rec. 601 luma of a file in [0, 1], measured on a copy whose long side is at most ``max_side``."""
-    pixels = read_image(path).pixels
-    scale = max_side / max(pixels.shape[:2])
-    if scale < 1:
-        pixels = cv2.resize(pixels, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    return float(luma(pixels).mean())
+def mean_luma(path: str | os.PathLike) -> float:
+    """Mean Rec. 601 luma of an image file, in ``[0, 1]``.
+
+    Measured cheaply: JPEGs are decoded at reduced scale (DCT scaling, long side >= 256) and results are cached
+    by path, size and modification time, so ordering a collection twice decodes it once.
+
+    Raises:
+        LoopExposeError: the file is missing or not a readable image.
+    """
+    return _measure(Path(path))[0]
+
+
+def _measure(path: Path) -> tuple[float, float | None]:
+    """``(mean luma in [0, 1], EXIF EV or None)`` of one file, cached."""
+    try:
+        stat = path.stat()
+    except OSError:
+        raise LoopExposeError("no such file", path) from None
+    return _measure_cached(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8192)
+def _measure_cached(path_text: str, mtime_ns: int, size: int) -> tuple[float, float | None]:
+    path = Path(path_text)
+    ev = None
+    try:
+        with Image.open(path) as image:
+            ev = _exif_ev_of(image.getexif())
+            # PIL's fast path is 8-bit only (it clips 16-bit grey); deeper files go through read_image.
+            if image.mode in {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}:
+                if image.format == "JPEG":
+                    scale = 256 / max(image.size)
+                    if scale < 1:
+                        image.draft("RGB", (round(image.width * scale), round(image.height * scale)))
+                grey = np.asarray(image.convert("RGB").convert("L"), dtype=np.float32)
+                if _truncated_jpeg(np.fromfile(path, dtype=np.uint8)[-4096:]) and image.format == "JPEG":
+                    raise OSError("truncated")
+                return float(grey.mean() / 255.0), ev
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        pass  # read_image below gives the user-facing error
+    return float(luma(read_image(path).pixels).mean()), ev
 
 
 def order_bracket(scene: str | os.PathLike, paths: list[Path] | None = None) -> Bracket:
-    """Order a scene's frames from darkest to brightest (rules in the module docstring).
+    """Order a scene's frames from darkest to brightest and say which rule decided.
+
+    Rules, in turn (the first that applies wins):
+
+    1. ``"exif"``: every frame has EXIF exposure time (with ISO and f-number when present), all different;
+    2. ``"shutter_times"``: a ``shutter_times.txt`` sidecar in the scene folder (or, for a lone scene, in the
+       folder above it);
+    3. ``"filename"``: every frame's name carries a distinct EV tag (:func:`ev_from_filename`);
+    4. ``"luminance"``: mean luma of each frame.
+
+    A single frame gives rule ``"single"``. Ties are broken by mean luma. When a metadata rule's order
+    disagrees with the frames' luminance, :attr:`Bracket.note` says so (the metadata order is kept).
 
     Args:
         scene: the scene folder.
         paths: its frames (default: every image in the folder).
+
+    Raises:
+        LoopExposeError: no images, or a frame that cannot be read.
     """
     scene = Path(scene)
     paths = list(paths) if paths is not None else list_images(scene)
     if not paths:
         raise LoopExposeError("no images in scene folder", scene)
-    lumas = [mean_luma(p) for p in paths]
+    measures = [_measure(p) for p in paths]
+    lumas = [m[0] for m in measures]
     exposure: list[float] | None = None
-    rule = "luminance"
-    evs = [exif_ev(p) for p in paths]
-    if all(e is not None for e in evs) and len(set(evs)) == len(evs):
-        exposure, rule = evs, "exif"
+    rule, note = "luminance", ""
+    if len(paths) == 1:
+        exposure, rule = [measures[0][1] or 0.0], "single"
+    if exposure is None:
+        evs = [m[1] for m in measures]
+        if all(e is not None for e in evs) and len(set(evs)) == len(evs):
+            exposure, rule = evs, "exif"
+        elif any(e is not None for e in evs):
+            note = "EXIF exposure incomplete or repeated; "
     if exposure is None:
         times = _sidecar_times(scene, paths)
         if times is not None:
             exposure, rule = [math.log2(t) for t in times], "shutter_times"
     if exposure is None:
         tags = [ev_from_filename(p.name) for p in paths]
-        if len(paths) > 1 and all(t is not None for t in tags) and len(set(tags)) == len(tags):
+        if all(t is not None for t in tags) and len(set(tags)) == len(tags):
             exposure, rule = tags, "filename"
     keys = exposure if exposure is not None else lumas
     order = sorted(range(len(paths)), key=lambda i: (keys[i], lumas[i]))
+    ordered_lumas = [lumas[i] for i in order]
     ordered_evs = None
     if exposure is not None:
         base = exposure[order[0]]
         ordered_evs = [float(exposure[i] - base) for i in order]
+        flips = [paths[order[i]].name for i in range(1, len(order)) if ordered_lumas[i] < ordered_lumas[i - 1]]
+        if flips:
+            note += f"luminance disagrees at {', '.join(flips)}; "
     return Bracket(
         scene=scene,
         paths=[paths[i] for i in order],
         evs=ordered_evs,
         rule=rule,
-        mean_luma=[lumas[i] for i in order],
+        mean_luma=ordered_lumas,
+        note=note.rstrip("; "),
     )
 
 
