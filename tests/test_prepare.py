@@ -49,7 +49,8 @@ def _photos(folder, names=("astronaut", "coffee", "chelsea"), side=96):
     for name in names:
         image = getattr(data, name)()
         scale = side / max(image.shape[:2])
-        small = transform.resize(image, (round(image.shape[0] * scale), round(image.shape[1] * scale)), anti_aliasing=True)
+        size = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+        small = transform.resize(image, size, anti_aliasing=True)
         paths.append(io.write_image(folder / f"{name}.png", small.astype(np.float32)))
     return paths
 
@@ -229,14 +230,14 @@ def test_srgb_degradations_noise_and_jpeg(tmp_path):
     assert synth.prepare_srgb_scene(path, tmp_path / "noisy", noisy).status == "done"
     assert sorted(p.name for p in io.list_images(tmp_path / "noisy")) == ["noisy_0.jpg", "noisy_N2.jpg"]
     assert io.order_bracket(tmp_path / "noisy").rule == "filename"
-    errors = [
-        np.abs(io.read_image(tmp_path / "noisy" / f"noisy{t}.jpg").pixels - io.read_image(tmp_path / "clean" / f"clean{t}.png").pixels).mean()
-        for t in ("_N2", "_0")
-    ]
+    def pixels(scene, tag, suffix):
+        return io.read_image(tmp_path / scene / f"{scene}{tag}{suffix}").pixels
+
+    errors = [np.abs(pixels("noisy", t, ".jpg") - pixels("clean", t, ".png")).mean() for t in ("_N2", "_0")]
     assert all(e > 0.005 for e in errors)
     again = tmp_path / "again"
     synth.prepare_srgb_scene(path, again, noisy)
-    assert np.array_equal(io.read_image(again / "again_N2.jpg").pixels, io.read_image(tmp_path / "noisy" / "noisy_N2.jpg").pixels)
+    assert np.array_equal(io.read_image(again / "again_N2.jpg").pixels, pixels("noisy", "_N2", ".jpg"))  # seeded
 
 
 def test_unreadable_photo_fails_and_the_cli_pool_carries_on(tmp_path):
@@ -301,7 +302,7 @@ def test_msec_regrouping_into_scene_folders(tmp_path):
     lonely = synth.read_sidecar(training / "a0003-lonely")
     assert lonely["protocols"] == [] and lonely["evs"] == [-1.0]
     test_scene = synth.read_sidecar(out / "testing" / "a4001-x_1")
-    assert test_scene["ground_truth"] == {"expert_a": "ground_truth/expert_a.jpg", "expert_b": "ground_truth/expert_b.jpg"}
+    assert test_scene["ground_truth"] == {f"expert_{e}": f"ground_truth/expert_{e}.jpg" for e in "ab"}
     again = runner.invoke(app, ["prepare", "msec", str(root), "-o", str(out), "--link", "hardlink"])
     assert again.exit_code == 0 and "4 already complete" in again.output
 

@@ -266,7 +266,8 @@ class RawDecode:
     info: dict = field(default_factory=dict)
 
 
-def _rawpy():
+def require_rawpy():
+    """Import rawpy (the optional `raw` extra) or explain how to install it."""
     try:
         import rawpy
     except ImportError:
@@ -298,7 +299,7 @@ def decode_raw(path: str | os.PathLike, half_size: bool = False, max_side: int =
     Raises:
         LoopExposeError: rawpy is missing or the file is not a RAW it can decode.
     """
-    rawpy = _rawpy()
+    rawpy = require_rawpy()
     path = Path(path)
     if not path.is_file():
         raise LoopExposeError("no such file", path)

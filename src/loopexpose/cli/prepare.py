@@ -136,7 +136,7 @@ def prepare_raw(
         noise=_noise(noise, full_well, read_noise),
         seed=seed,
     )
-    synth._rawpy()  # fail early, once, when the extra is missing
+    synth.require_rawpy()  # fail early, once, when the extra is missing
     sources = synth.list_raws(raw_dir)
     if not sources:
         raise LoopExposeError(f"no RAW files found (looked for {', '.join(sorted(synth.RAW_SUFFIXES))})", raw_dir)
