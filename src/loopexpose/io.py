@@ -75,7 +75,14 @@ def read_image(path: str | os.PathLike) -> Photo:
     Raises:
         LoopExposeError: the file is missing, empty, not an image, truncated, or of an unsupported sample type.
     """
-    path = Path(path)
+    pixels, bit_depth, exif, icc = _decode(Path(path))
+    return Photo(pixels=_to_float(pixels), path=Path(path), bit_depth=bit_depth, exif=exif, icc=icc)
+
+
+def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
+    """``(H, W, 3)`` RGB samples as stored (uint8, uint16 or float32), upright, with the long side at most
+    ``max_side`` if > 0 (area filter on the integer samples; JPEGs are decoded at a reduced DCT scale first when
+    that still leaves at least ``max_side``), plus bit depth, EXIF bytes and ICC profile."""
     if not path.exists():
         raise LoopExposeError("no such file", path)
     if path.is_dir():
@@ -83,19 +90,25 @@ def read_image(path: str | os.PathLike) -> Photo:
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with any characters in the path
     if data.size == 0:
         raise LoopExposeError("empty file", path)
-    exif_bytes, icc, orientation = _read_metadata(data, path)
+    exif_bytes, icc, orientation, (width, height), image_format = _read_metadata(data, path)
     if _truncated_jpeg(data):
         raise LoopExposeError("truncated JPEG (no end-of-image marker)", path)
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    long_side = max(width, height)
+    if max_side and image_format == "JPEG":
+        for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                                (2, cv2.IMREAD_REDUCED_COLOR_2)):  # fmt: skip
+            if long_side // factor >= max_side:
+                flags = reduced | cv2.IMREAD_IGNORE_ORIENTATION
+                break
     with _quiet_opencv():
-        raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        raw = cv2.imdecode(data, flags)
     if raw is None:
         raise LoopExposeError("cannot decode image data (truncated or corrupt file)", path)
     if raw.dtype == np.uint8:
-        bit_depth, scale = 8, 255.0
-    elif raw.dtype == np.uint16:
-        bit_depth, scale = 16, 65535.0
-    elif raw.dtype == np.float32:
-        bit_depth, scale = 16, 1.0
+        bit_depth = 8
+    elif raw.dtype in (np.uint16, np.float32):
+        bit_depth = 16
     else:
         raise LoopExposeError(f"unsupported sample type {raw.dtype} (expected 8- or 16-bit)", path)
     if raw.ndim == 2:
@@ -104,9 +117,20 @@ def read_image(path: str | os.PathLike) -> Photo:
         rgb = np.repeat(raw[:, :, :1], 3, axis=2)
     else:  # BGR or BGRA
         rgb = cv2.cvtColor(np.ascontiguousarray(raw[:, :, :3]), cv2.COLOR_BGR2RGB)
-    pixels = np.clip(rgb.astype(np.float32) / np.float32(scale), 0.0, 1.0)
-    pixels = np.ascontiguousarray(_apply_orientation(pixels, orientation))
-    return Photo(pixels=pixels, path=path, bit_depth=bit_depth, exif=exif_bytes, icc=icc)
+    if max_side and long_side > max_side:
+        scale = max_side / long_side
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # from the stored size, so frames
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)  # of one size stay one size after reduction
+    return np.ascontiguousarray(_apply_orientation(rgb, orientation)), bit_depth, exif_bytes, icc
+
+
+def _to_float(samples: np.ndarray) -> np.ndarray:
+    """uint8/uint16/float samples -> float32 in ``[0, 1]``."""
+    if samples.dtype == np.uint8:
+        return samples.astype(np.float32) * np.float32(1 / 255)
+    if samples.dtype == np.uint16:
+        return samples.astype(np.float32) * np.float32(1 / 65535)
+    return np.clip(samples.astype(np.float32), 0.0, 1.0)
 
 
 # TIFF structure tags: they describe the file they were read from and must not be copied into another file.
@@ -116,15 +140,23 @@ _TIFF_STRUCTURE_TAGS = {
 }  # fmt: skip
 
 
-def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | None, int]:
-    """EXIF bytes (orientation reset to 1, TIFF structure tags dropped), ICC profile, EXIF orientation."""
+def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | None, int, tuple[int, int], str]:
+    """EXIF bytes (orientation reset to 1, TIFF structure tags dropped), ICC profile, EXIF orientation,
+    stored ``(width, height)`` and PIL's format name."""
     try:
         with Image.open(_io.BytesIO(data.tobytes())) as meta:
             # PIL reads headers only; decoding is OpenCV's (faster, and it keeps 16-bit RGB, which PIL cannot).
             if meta.format not in {"JPEG", "PNG", "TIFF", "MPO"}:
                 raise LoopExposeError(f"unsupported image format {meta.format} (use JPEG, PNG or TIFF)", path)
-            exif = meta.getexif()
+            # Pillow finds a PNG's EXIF by decoding the whole image (it may follow the pixels): skip that when
+            # the file holds no EXIF chunk at all, which is most PNGs.
+            raw_bytes = data.tobytes() if meta.format == "PNG" else b""
+            if meta.format == "PNG" and b"eXIf" not in raw_bytes and b"Raw profile type exif" not in raw_bytes:
+                exif = Image.Exif()
+            else:
+                exif = meta.getexif()
             icc = meta.info.get("icc_profile") or None
+            size, image_format = meta.size, meta.format
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise LoopExposeError(f"not a readable image ({exc.__class__.__name__})", path) from None
     try:
@@ -139,7 +171,7 @@ def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | 
         exif_bytes = exif.tobytes() if len(exif) else None
     except Exception:  # noqa: BLE001 - a malformed EXIF block must not make the photo unreadable
         exif_bytes = None
-    return exif_bytes, icc, orientation
+    return exif_bytes, icc, orientation, size, image_format
 
 
 class _quiet_opencv:
@@ -669,7 +701,8 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
 
     Args:
         bracket: a :class:`Bracket` or a scene folder (ordered with :func:`order_bracket`).
-        max_side: if > 0, frames are downscaled (area filter) so the long side is at most this.
+        max_side: if > 0, frames are downscaled (area filter; JPEGs decoded at reduced scale first) so the long
+            side is at most this.
 
     Frames whose size differs from the first frame's are resized to it with a warning when the aspect ratio
     agrees within 2%; otherwise :class:`LoopExposeError`.
@@ -679,11 +712,7 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
     frames = []
     target: tuple[int, int] | None = None
     for path in bracket.paths:
-        pixels = read_image(path).pixels
-        if max_side and max(pixels.shape[:2]) > max_side:
-            scale = max_side / max(pixels.shape[:2])
-            size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        pixels = _to_float(_decode(Path(path), max_side)[0])
         if target is None:
             target = pixels.shape[:2]
         elif pixels.shape[:2] != target:
@@ -696,5 +725,6 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
                 )
             warnings.warn(f"{path}: resized {pixels.shape[1]}x{pixels.shape[0]} to {target[1]}x{target[0]}")
             pixels = cv2.resize(pixels, (target[1], target[0]), interpolation=cv2.INTER_AREA)
-        frames.append(to_tensor(pixels))
-    return torch.stack(frames)
+        frames.append(pixels)
+    # one numpy copy to (N, 3, H, W); torch.stack of permuted views is much slower on a busy CPU
+    return torch.from_numpy(np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)))
