@@ -157,8 +157,10 @@ def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | 
                 exif = meta.getexif()
             icc = meta.info.get("icc_profile") or None
             size, image_format = meta.size, meta.format
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise LoopExposeError(f"not a readable image ({exc.__class__.__name__})", path) from None
+    except UnidentifiedImageError:
+        raise LoopExposeError("not an image, or not a JPEG, PNG or TIFF", path) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise LoopExposeError(f"corrupt image header ({exc})", path) from None
     try:
         orientation = int(exif.get(_ORIENTATION, 1) or 1)
     except (TypeError, ValueError):

@@ -1,0 +1,78 @@
+"""``loopexpose scenes PATH...``: the scenes found under some folders, how their frames were ordered, and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from loopexpose.cli.app import app
+from loopexpose.io import find_scenes, order_bracket
+
+_RULE_HELP = {
+    "exif": "EXIF exposure time x ISO / f-number^2",
+    "shutter_times": "shutter_times.txt sidecar",
+    "filename": "EV tags in file names",
+    "luminance": "mean luminance",
+    "single": "one frame",
+}
+
+
+@app.command()
+def scenes(
+    paths: list[Path] = typer.Argument(..., help="Scene folders, collections, or folders of collections."),
+    files: bool = typer.Option(False, "--files", "-f", help="Also list each scene's files, darkest first."),
+) -> None:
+    """List the exposure brackets found: frames, the rule that ordered them, and their EVs or mean lumas.
+
+    Order rules, first that applies: exif (exposure time x ISO / f-number^2), shutter_times (sidecar file),
+    filename (EV tags such as _N1 _0 _P1, under/normal/over, m2/zero/p2, EV-2..EV+2), luminance.
+    """
+    folders = [scene for path in paths for scene in find_scenes(path)]
+    console = Console()
+    brackets = []
+    with Progress(
+        TextColumn("ordering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True, disable=len(folders) < 8,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("ordering", total=len(folders))
+        for folder in folders:
+            brackets.append(order_bracket(folder))
+            progress.advance(task)
+
+    table = Table(title=f"{len(brackets)} scene(s), {sum(len(b) for b in brackets)} frames", title_justify="left")
+    table.add_column("scene", overflow="fold")
+    table.add_column("frames", justify="right")
+    table.add_column("order rule")
+    table.add_column("EV (stops from darkest)  /  mean luma x255", overflow="fold")
+    table.add_column("ref", justify="right")
+    if files:
+        table.add_column("files, darkest first", overflow="fold")
+    for bracket in brackets:
+        if bracket.evs is not None:
+            values = "EV " + " ".join(_stops(ev) for ev in bracket.evs)
+        else:
+            values = "luma " + " ".join(f"{value * 255:.0f}" for value in bracket.mean_luma)
+        rule = bracket.rule + (f" [yellow]({bracket.note})[/]" if bracket.note else "")
+        row = [_label(bracket.scene), str(len(bracket)), rule, values, str(bracket.reference_index())]
+        if files:
+            row.append(", ".join(p.name for p in bracket.paths))
+        table.add_row(*row)
+    console.print(table, highlight=False)
+    console.print("rules: " + "; ".join(f"[bold]{k}[/] = {v}" for k, v in _RULE_HELP.items()), highlight=False)
+
+
+def _stops(ev: float) -> str:
+    """``1.5 -> '+1.5'``, ``2.0 -> '+2'``, ``0.0 -> '0'``."""
+    text = f"{ev:+.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("+0", "-0") else text
+
+
+def _label(scene: Path) -> str:
+    """``collection/scene`` with rich markup escaped (scene names may contain brackets)."""
+    from rich.markup import escape
+
+    return escape(f"{scene.parent.name}/{scene.name}")
