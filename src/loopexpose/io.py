@@ -101,8 +101,15 @@ def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | Non
             if long_side // factor >= max_side:
                 flags = reduced | cv2.IMREAD_IGNORE_ORIENTATION
                 break
-    with _quiet_opencv():
-        raw = cv2.imdecode(data, flags)
+    raw = None
+    if image_format == "TIFF" and orientation != 1:
+        # OpenCV's TIFF decoder applies the orientation itself, whatever the flags: read the stored layout with
+        # tifffile and orient below like every other format; when tifffile lacks the codec, trust OpenCV's.
+        raw = _decode_tiff_stored(data)
+        orientation = 1 if raw is None else orientation
+    if raw is None:
+        with _quiet_opencv():
+            raw = cv2.imdecode(data, flags)
     if raw is None:
         raise LoopExposeError("cannot decode image data (truncated or corrupt file)", path)
     if raw.dtype == np.uint8:
@@ -122,6 +129,23 @@ def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | Non
         size = (max(1, round(width * scale)), max(1, round(height * scale)))  # from the stored size, so frames
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)  # of one size stay one size after reduction
     return np.ascontiguousarray(_apply_orientation(rgb, orientation)), bit_depth, exif_bytes, icc
+
+
+def _decode_tiff_stored(data: np.ndarray) -> np.ndarray | None:
+    """First page of a TIFF as stored (no orientation applied), channels in OpenCV's BGR(A) order, or ``None``."""
+    try:
+        with tifffile.TiffFile(_io.BytesIO(data.tobytes())) as tif:
+            page = tif.pages[0]
+            samples = page.asarray()
+            if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and samples.ndim == 3:
+                samples = np.moveaxis(samples, 0, -1)
+    except Exception:  # noqa: BLE001 - missing codec or odd layout: the caller falls back to OpenCV
+        return None
+    if samples.dtype == np.float64:
+        samples = samples.astype(np.float32)
+    if samples.ndim == 3 and samples.shape[2] >= 3:
+        samples = np.concatenate([samples[:, :, 2::-1], samples[:, :, 3:4]], axis=2)
+    return np.ascontiguousarray(samples)
 
 
 def _to_float(samples: np.ndarray) -> np.ndarray:
@@ -202,7 +226,7 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
         4: lambda a: a[::-1],
         5: lambda a: np.swapaxes(a, 0, 1),
         6: lambda a: np.rot90(a, -1),
-        7: lambda a: np.rot90(a, 1)[::-1],
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],  # transverse
         8: lambda a: np.rot90(a, 1),
     }
     return ops[orientation](pixels) if orientation in ops else pixels
