@@ -8,14 +8,21 @@ A *scene* is a folder of images of one static scene taken at different exposures
 scene folders. :func:`order_bracket` orders a scene's frames from dark to bright by, in turn:
 
 1. EXIF exposure (exposure time x ISO / f-number^2, as EV) when every frame has it;
-2. a ``shutter_times.txt`` sidecar in the scene folder (one exposure time in seconds per line, in file-name
-   order, or ``name time`` pairs);
+2. a ``shutter_times.txt`` sidecar in the scene folder, or next to a lone scene folder (one exposure time in
+   seconds per line, in file-name order, or ``name time`` pairs);
 3. EV tags in the file names when every frame has a distinct one (MSEC ``_N1.5 _N1 _0 _P1 _P1.5``,
    ``under/normal/over``, ``short/medium/long``, ``m2/zero/p2``, ``EV-2 .. EV+2``);
-4. mean luminance.
+4. mean luminance (cheap: JPEGs decoded at reduced scale, results cached).
+
+The rule used is reported in :attr:`Bracket.rule` (and by ``loopexpose scenes``).
 
 Frames of one scene with different sizes: a frame whose aspect ratio is within 2% of the first (darkest)
 frame's is resized to it with a warning (cameras and converters crop a few pixels); anything else is an error.
+
+Formats: JPEG, PNG and TIFF, 8 or 16 bit, grey, grey+alpha, RGB, RGBA or palette (alpha dropped); EXIF
+orientation applied on read. Writes (always atomic: temp file + rename) keep EXIF and the ICC profile in every
+format and depth: JPEG 8 bit, PNG 8/16 bit (16-bit via OpenCV plus ``eXIf``/``iCCP`` chunks), TIFF 8/16 bit via
+tifffile (ICC, IFD0 text tags such as Make/Model/DateTime, and the Exif sub-IFD; GPS and thumbnail are dropped).
 """
 
 from __future__ import annotations
