@@ -225,12 +225,21 @@ def apply_curves(x: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
     return (low + frac * (high - low)).view(b, c, h, w)
 
 
-def _axis_weights(n: int, cells: int, start: int, full: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell index and interpolation weight along one axis for pixels ``start .. start + n`` of ``full``."""
+def _interpolation_matrix(n: int, cells: int, start: int, full: int, device, dtype) -> torch.Tensor:
+    """``(n, cells)`` linear-interpolation weights of pixels ``start .. start + n`` of an axis ``full`` long
+    from ``cells`` cell centres (pixel-centre aligned, clamped at the borders: two non-zeros per row)."""
     centres = (torch.arange(start, start + n, device=device, dtype=torch.float64) + 0.5) * (cells / full) - 0.5
     centres = centres.clamp_(0, cells - 1)
-    index = centres.floor().clamp_(max=max(cells - 2, 0))
-    return index.long(), (centres - index).to(dtype)
+    index = centres.floor().clamp_(max=max(cells - 2, 0)).long()
+    frac = (centres - index).to(dtype)
+    matrix = torch.zeros(n, cells, device=device, dtype=dtype)
+    rows = torch.arange(n, device=device)
+    matrix[rows, index] = 1 - frac
+    if cells > 1:
+        matrix[rows, index + 1] += frac
+    else:
+        matrix[rows, index] = 1
+    return matrix
 
 
 def bilateral_slice(grid: torch.Tensor, guide: torch.Tensor, top: int = 0, full_height: int | None = None) -> torch.Tensor:
@@ -243,24 +252,16 @@ def bilateral_slice(grid: torch.Tensor, guide: torch.Tensor, top: int = 0, full_
     Returns:
         ``(B, C, h, W)``.
 
-    Written by hand rather than with ``F.grid_sample`` on a 5-D grid, whose CPU kernel is about 5x slower here
-    (0.9 s vs 0.2 s for a 12-megapixel slice on 2 cores): spatial weights are separable, so the grid is first
-    interpolated to the image's rows and columns at every bin (tiny), and only the bin interpolation is
-    per pixel.
+    Written by hand rather than with ``F.grid_sample`` on a 5-D grid, whose CPU kernel is several times slower
+    here: spatial weights are separable, so the grid is interpolated to the image's rows and columns at every
+    bin with two small matrix products (fast forward and backward), and only the bin interpolation is per pixel.
     """
     b, c, d, gh, gw = grid.shape
     _, h, w = guide.shape
     full_height = full_height or h
-    iy, wy = _axis_weights(h, gh, top, full_height, grid.device, grid.dtype)
-    ix, wx = _axis_weights(w, gw, 0, w, grid.device, grid.dtype)
-    if gh > 1:
-        rows = grid[..., iy, :] * (1 - wy)[:, None] + grid[..., iy + 1, :] * wy[:, None]  # (B, C, D, h, Gw)
-    else:
-        rows = grid.expand(b, c, d, h, gw)
-    if gw > 1:
-        plane = rows[..., ix] * (1 - wx) + rows[..., ix + 1] * wx  # (B, C, D, h, W)
-    else:
-        plane = rows.expand(b, c, d, h, w)
+    rows = _interpolation_matrix(h, gh, top, full_height, grid.device, grid.dtype)
+    cols = _interpolation_matrix(w, gw, 0, w, grid.device, grid.dtype)
+    plane = rows @ grid @ cols.T  # (B, C, D, h, W)
     pos = guide.clamp(0, 1) * (d - 1)
     index = pos.detach().floor().clamp_(max=d - 2).long()
     frac = (pos - index).unsqueeze(1)

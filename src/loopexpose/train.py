@@ -1,0 +1,408 @@
+"""LoopExpose training: the nested loop, top to bottom in the paper's order.
+
+Upper level: a single-exposure-correction network maps every frame of a bracket to a well-exposed image.
+Lower level: the bracket's pseudo-label is the Mertens fusion of its frames. During warm-up the label is the
+fusion of the input frames; after warm-up the network's own corrected frames (no gradient) are fed back into
+the fusion (with the inputs, by default), so labels improve as the network improves. Every frame of a bracket is
+supervised by its bracket's label, and the Luminance Ranking Loss orders the per-frame luminance features by
+exposure.
+
+    configure -> data -> model -> for epoch: (warm-up | feedback) steps -> validate -> log -> checkpoint
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save
+
+import zlib
+
+import cv2
+from kornia.metrics import psnr as _psnr
+
+from loopexpose import fusion
+from loopexpose.errors import LoopExposeError
+from loopexpose.io import atomic_write_bytes, find_scenes, load_bracket, order_bracket
+from loopexpose.losses import l1_loss, luminance_ranking_loss, ssim_loss
+from loopexpose.models import create, load, resolve_device, save as save_model
+from loopexpose.paths import data_root
+
+DEFAULTS: dict = {
+    "method": "loopexpose",
+    "seed": 0,
+    "out_dir": "runs/default",
+    "data": {
+        "roots": ["brackets"],
+        "max_side": 384,
+        "crop": 256,
+        "window": [3, 5],
+        "val_fraction": 0.15,
+        "val_max_side": 384,
+    },
+    "model": {"arch": "curvegrid", "config": {}},
+    "train": {
+        "warmup_epochs": 30,
+        "feedback_epochs": 30,
+        "brackets_per_step": 4,
+        "lr": 2e-3,
+        "lr_min": 1e-4,
+        "lr_warmup_steps": 50,
+        "weight_decay": 1e-4,
+        "grad_clip": 1.0,
+    },
+    "loss": {"l1": 1.0, "ssim": 0.5, "ranking": 0.1, "ranking_margin": 0.1, "ranking_reduction": "mean"},
+    "fusion": {"preset": "opencv", "feedback": "corrected+inputs"},
+}
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
+    """Read a TOML config over :data:`DEFAULTS`; unknown keys are an error (typos must not pass silently)."""
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        try:
+            user = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise LoopExposeError("no such config file", path) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise LoopExposeError(f"invalid TOML ({exc})", path) from None
+        _merge(config, user, path, "")
+    if overrides:
+        _merge(config, overrides, path, "")
+    return config
+
+
+def _merge(base: dict, user: dict, path, prefix: str) -> None:
+    for key, value in user.items():
+        if key not in base and not prefix.startswith("model.config") and prefix != "model.config.":
+            if not (prefix == "" and base.get("method") == "semantic"):
+                raise LoopExposeError(f"unknown config key {prefix}{key!r}", path)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, path, f"{prefix}{key}.")
+        else:
+            base[key] = value
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+MID_GREY = 118 / 255
+
+
+@dataclass
+class BracketRecord:
+    """One scene's bracket held in memory: ``frames`` is ``(N, 3, H, W)`` uint8, darkest first."""
+
+    name: str  # "collection/scene"
+    frames: torch.Tensor
+    reference: int  # index of the frame whose mean luma is nearest mid-grey
+
+    def resized(self, max_side: int) -> "BracketRecord":
+        h, w = self.frames.shape[-2:]
+        if max(h, w) <= max_side:
+            return self
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        frames = [cv2.resize(f.permute(1, 2, 0).numpy(), size, interpolation=cv2.INTER_AREA) for f in self.frames]
+        return BracketRecord(self.name, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(), self.reference)
+
+
+def load_records(roots: list[Path], max_side: int) -> list[BracketRecord]:
+    """Every scene under the collection folders ``roots``, decoded once and resized (long side <= max_side)."""
+    records = []
+    for root in roots:
+        for scene in find_scenes(root):
+            bracket = order_bracket(scene)
+            frames = (load_bracket(bracket, max_side=max_side) * 255 + 0.5).to(torch.uint8)
+            reference = int(np.argmin([abs(m - MID_GREY) for m in bracket.mean_luma]))
+            records.append(BracketRecord(f"{scene.parent.name}/{scene.name}", frames, reference))
+    return records
+
+
+def is_validation(name: str, fraction: float) -> bool:
+    """Stable scene-level split: a scene is held back when the CRC32 of its name falls below ``fraction``."""
+    return zlib.crc32(name.encode()) / 2**32 < fraction
+
+
+def split_records(records: list[BracketRecord], fraction: float) -> tuple[list[BracketRecord], list[BracketRecord]]:
+    val = [r for r in records if is_validation(r.name, fraction)]
+    return [r for r in records if not is_validation(r.name, fraction)], val
+
+
+def psnr(output: torch.Tensor, target: torch.Tensor) -> float:
+    return float(_psnr(output.clamp(0, 1), target.clamp(0, 1), 1.0))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def pseudo_label(frames: torch.Tensor, preset: str, corrected: torch.Tensor | None = None, mode: str = "") -> torch.Tensor:
+    """The lower level: Mertens fusion of a batch of brackets, clamped to [0, 1].
+
+    Args:
+        frames: ``(B, k, 3, H, W)`` input frames in [0, 1].
+        preset: fusion preset name (``loopexpose.fusion.PRESETS``).
+        corrected: ``(B, k, 3, H, W)`` the network's corrected frames (feedback stage) or ``None`` (warm-up).
+        mode: ``"corrected+inputs"`` or ``"corrected"`` for the feedback stage.
+    Returns:
+        ``(B, 3, H, W)``.
+    """
+    with torch.no_grad():
+        if corrected is None:
+            stack = frames
+        elif mode == "corrected":
+            stack = corrected
+        elif mode == "corrected+inputs":
+            stack = torch.cat([corrected, frames], dim=1)
+        else:
+            raise LoopExposeError(f"fusion.feedback must be 'corrected+inputs' or 'corrected', got {mode!r}")
+        return fusion.fuse(stack, preset=preset).clamp(0, 1)
+
+
+def learning_rate(step: int, total: int, cfg: dict) -> float:
+    """Linear warm-up then cosine decay from ``lr`` to ``lr_min``."""
+    if step < cfg["lr_warmup_steps"]:
+        return cfg["lr"] * (step + 1) / cfg["lr_warmup_steps"]
+    progress = min(1.0, (step - cfg["lr_warmup_steps"]) / max(1, total - cfg["lr_warmup_steps"]))
+    return cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * progress))
+
+
+def sample_batch(
+    records: list[BracketRecord], indices: list[int], k: int, size: int, rng: np.random.Generator
+) -> torch.Tensor:
+    """``(B, k, 3, size, size)`` float batch in [0, 1].
+
+    Each bracket gives a window of ``k`` consecutive exposures containing the frame nearest mid-grey (as the
+    evaluation protocol does); one random crop (60..100% of each side) shared by the window is resized to
+    ``size x size`` (so the network sees about the whole scene, as at inference), and flipped at random.
+    """
+    batch = []
+    for i in indices:
+        record = records[i]
+        n = len(record.frames)
+        kk = min(k, n)
+        lo = max(0, min(record.reference - kk + 1, n - kk))
+        hi = min(record.reference, n - kk)
+        start = int(rng.integers(lo, hi + 1))
+        frames = record.frames[start : start + kk]
+        if kk < k:  # short bracket: repeat its brightest frame so the batch stays rectangular
+            frames = torch.cat([frames, frames[-1:].expand(k - kk, -1, -1, -1)])
+        _, _, h, w = frames.shape
+        ch, cw = round(h * rng.uniform(0.6, 1.0)), round(w * rng.uniform(0.6, 1.0))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        window = frames[:, :, top : top + ch, left : left + cw].float() / 255
+        window = torch.nn.functional.interpolate(window, size=(size, size), mode="area" if min(ch, cw) >= size else "bilinear")
+        if rng.random() < 0.5:
+            window = window.flip(-1)
+        batch.append(window.clamp(0, 1))
+    return torch.stack(batch)
+
+
+@dataclass
+class Validation:
+    """Held-back scenes scored each epoch (until the bracket-5 evaluation takes over: same protocol)."""
+
+    brackets: list[torch.Tensor]  # each (5, 3, H, W), darkest first
+    references: list[int]
+
+    @torch.no_grad()
+    def score(self, model, preset: str) -> dict[str, float]:
+        model.eval()
+        to_ref, to_label, consistency = [], [], []
+        device = next(model.parameters()).device
+        for frames, ref in zip(self.brackets, self.references):
+            frames = frames.to(device).float() / 255
+            corrected = torch.cat([model(f[None])["output"] for f in frames])
+            label = fusion.fuse(frames, preset=preset).clamp(0, 1)
+            others = [i for i in range(len(frames)) if i != ref]
+            to_ref += [psnr(corrected[i], frames[ref]) for i in others]
+            to_label += [psnr(corrected[i], label) for i in range(len(frames))]
+            n = len(corrected)
+            consistency += [psnr(corrected[i], corrected[j]) for i in range(n) for j in range(i + 1, n)]
+        model.train()
+        return {
+            "val_psnr_ref": float(np.mean(to_ref)),
+            "val_psnr_label": float(np.mean(to_label)),
+            "val_consistency": float(np.mean(consistency)),
+        }
+
+
+def build_validation(records: list[BracketRecord]) -> Validation:
+    brackets, refs = [], []
+    for record in records:
+        n, ref = len(record.frames), record.reference
+        start = max(0, min(ref - 2, n - 5))
+        window = record.frames[start : start + 5]
+        brackets.append(window)
+        refs.append(ref - start)
+    return Validation(brackets, refs)
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+
+
+def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path | None = None, quiet: bool = False) -> Path:
+    """Train from a config dict (see :func:`load_config`); returns the best checkpoint's path."""
+    if config.get("method", "loopexpose") == "semantic":
+        from loopexpose.semantics.train import run as run_semantic
+
+        return run_semantic(config, device=device, resume=resume, out_dir=Path(out_dir or config["out_dir"]))
+    console = Console(quiet=quiet)
+    dcfg, tcfg, lcfg, fcfg = config["data"], config["train"], config["loss"], config["fusion"]
+    out = Path(out_dir or config["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    torch.manual_seed(config["seed"])
+    if fcfg["preset"] not in fusion.PRESETS:
+        raise LoopExposeError(f"unknown fusion preset {fcfg['preset']!r} (known: {', '.join(fusion.PRESETS)})")
+
+    # --- data: every bracket decoded once, resized, kept in memory as uint8
+    roots = [Path(r) if Path(r).is_absolute() else data_root() / r for r in dcfg["roots"]]
+    records = load_records(roots, max_side=max(dcfg["max_side"], dcfg["val_max_side"]))
+    train_records, val_records = split_records(records, dcfg["val_fraction"])
+    train_records = [r.resized(dcfg["max_side"]) for r in train_records]
+    val_records = [r.resized(dcfg["val_max_side"]) for r in val_records]
+    if not train_records:
+        raise LoopExposeError("no training brackets found under " + ", ".join(map(str, roots)))
+    validation = build_validation(val_records) if val_records else None
+    console.print(f"data: {len(train_records)} training and {len(val_records)} validation brackets from {len(roots)} roots")
+
+    # --- model and optimiser
+    model = create(config["model"]["arch"], config["model"].get("config")).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    epochs = tcfg["warmup_epochs"] + tcfg["feedback_epochs"]
+    per_step = tcfg["brackets_per_step"]
+    steps_per_epoch = max(1, len(train_records) // per_step)
+    total_steps = epochs * steps_per_epoch
+    start_epoch, best, history = 0, -math.inf, []
+    if resume and (out / "last.safetensors").is_file():
+        start_epoch, best, history = _resume(out, model, optimizer, device)
+        console.print(f"resumed from {out / 'last.safetensors'} at epoch {start_epoch}")
+    console.print(f"model: {model.arch}, {sum(p.numel() for p in model.parameters()):,} parameters; {epochs} epochs x {steps_per_epoch} steps on {device}")
+
+    started = time.time()
+    for epoch in range(start_epoch, epochs):
+        feedback = epoch >= tcfg["warmup_epochs"]  # the nested loop: warm-up, then self-reinforcing feedback
+        rng = np.random.default_rng([config["seed"], epoch])
+        order = rng.permutation(len(train_records))
+        sums: dict[str, float] = {}
+        model.train()
+        with Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs} {'feedback' if feedback else 'warm-up'}"),
+            BarColumn(), TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("train", total=steps_per_epoch, losses="")
+            for step in range(steps_per_epoch):
+                global_step = epoch * steps_per_epoch + step
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(global_step, total_steps, tcfg)
+                k = int(rng.integers(dcfg["window"][0], dcfg["window"][1] + 1))
+                picks = order[step * per_step : (step + 1) * per_step].tolist()
+                frames = sample_batch(train_records, picks, k, dcfg["crop"], rng).to(device)
+                b = frames.shape[0]
+
+                result = model(frames.flatten(0, 1))  # upper level: correct every frame on its own
+                corrected = result["output"].view_as(frames)
+                label = pseudo_label(frames, fcfg["preset"], corrected.detach() if feedback else None, fcfg["feedback"])
+                target = label[:, None].expand_as(corrected)
+                terms = {
+                    "l1": l1_loss(corrected, target),
+                    "ssim": ssim_loss(corrected, target),
+                    "ranking": luminance_ranking_loss(
+                        result["luminance"].view(b, -1), lcfg["ranking_margin"], lcfg["ranking_reduction"]
+                    ),
+                }
+                loss = sum(lcfg[name] * value for name, value in terms.items())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+                optimizer.step()
+
+                for name, value in {"loss": loss, **terms}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                progress.update(task, advance=1, losses=" ".join(f"{n} {v / (step + 1):.4f}" for n, v in sums.items()))
+
+        row = {"epoch": epoch + 1, "stage": "feedback" if feedback else "warmup", "lr": optimizer.param_groups[0]["lr"]}
+        row.update({name: value / steps_per_epoch for name, value in sums.items()})
+        if validation is not None:
+            row.update(validation.score(model, fcfg["preset"]))
+        row["seconds"] = round(time.time() - started, 1)
+        history.append(row)
+        score = row.get("val_psnr_ref", -row["loss"])
+        is_best = score > best
+        best = max(best, score)
+        _save(out, model, optimizer, config, row, history, best, is_best)
+        console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()) + (" *" if is_best else ""))
+    plot_curves(history, out / "curves.png")
+    console.print(f"done in {time.time() - started:.0f} s; best checkpoint {out / 'best.safetensors'}")
+    return out / "best.safetensors"
+
+
+def _save(out: Path, model, optimizer, config: dict, row: dict, history: list[dict], best: float, is_best: bool) -> None:
+    meta = {"epoch": row["epoch"], "metrics": row, "train_config": config, "best_score": best}
+    save_model(model, out / "last.safetensors", **meta)
+    if is_best:
+        save_model(model, out / "best.safetensors", **meta)
+    atomic_write_bytes(out / "optimizer.safetensors", save(_flatten_optimizer(optimizer)))
+    atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+    keys = list(dict.fromkeys(k for r in history for k in r))
+    lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in history]
+    atomic_write_bytes(out / "log.csv", ("\n".join(lines) + "\n").encode())
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    state = optimizer.state_dict()["state"]
+    return {f"{i}.{name}": torch.as_tensor(v).detach().cpu() for i, s in state.items() for name, v in s.items()}
+
+
+def _resume(out: Path, model, optimizer, device) -> tuple[int, float, list[dict]]:
+    trained = load(out / "last.safetensors", device=device)
+    model.load_state_dict(trained.state_dict())
+    flat = load_file(str(out / "optimizer.safetensors"))
+    state = optimizer.state_dict()
+    for key, value in flat.items():
+        index, name = key.split(".", 1)
+        state["state"].setdefault(int(index), {})[name] = value.to(device) if name != "step" else value
+    optimizer.load_state_dict(state)
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
+    return trained.metadata["epoch"], trained.metadata["best_score"], history
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss terms and validation PSNRs per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in ("loss", "l1", "ssim", "ranking"):
+        left.plot(epochs, [r.get(name, np.nan) for r in history], label=name)
+    left.set_xlabel("epoch"), left.set_ylabel("training loss"), left.set_yscale("log"), left.legend()
+    for name in ("val_psnr_ref", "val_psnr_label", "val_consistency"):
+        if any(name in r for r in history):
+            right.plot(epochs, [r.get(name, np.nan) for r in history], label=name)
+    warm = [r["epoch"] for r in history if r["stage"] == "warmup"]
+    for axis in (left, right):
+        if warm:
+            axis.axvline(max(warm) + 0.5, color="grey", linestyle=":", label=None)
+    right.set_xlabel("epoch"), right.set_ylabel("PSNR (dB)"), right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

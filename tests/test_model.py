@@ -1,0 +1,170 @@
+"""The CurveGrid network: shapes, identity start, batch independence, exact tiling, fast CPU path, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import loopexpose
+from loopexpose.errors import LoopExposeError
+from loopexpose.models import create, load, save
+from loopexpose.models.curvegrid import apply_curves, bilateral_slice
+
+
+def randomised(seed: int = 0):
+    """A CurveGrid whose heads are random, so it does something visible (a fresh one is the identity)."""
+    torch.manual_seed(seed)
+    model = create("curvegrid")
+    for head in (model.curve_head, model.grid_head):
+        torch.nn.init.normal_(head.weight, std=0.3)
+        torch.nn.init.normal_(head.bias, std=0.3)
+    return model.eval()
+
+
+def test_fresh_model_is_identity():
+    model = create("curvegrid").eval()
+    x = torch.rand(2, 3, 31, 47)
+    with torch.no_grad():
+        out = model(x)
+    assert out["output"].shape == x.shape
+    assert torch.allclose(out["output"], x, atol=1e-5)
+    assert out["luminance"].shape == (2,)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (33, 65), (300, 17)])
+def test_any_size(size):
+    model = randomised()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, *size))["output"]
+    assert out.shape == (1, 3, *size)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_parameter_budget():
+    assert sum(p.numel() for p in create("curvegrid").parameters()) < 500_000
+
+
+def test_output_independent_of_batch():
+    model = randomised()
+    x = torch.rand(4, 3, 40, 56)
+    with torch.no_grad():
+        together = model(x)["output"]
+        alone = torch.cat([model(x[i : i + 1])["output"] for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_tiles_equal_whole_image():
+    model = randomised()
+    x = torch.rand(1, 3, 101, 64)
+    with torch.no_grad():
+        params = model.predict(x)
+        whole = model.apply(x, params)
+        tiles = torch.cat(
+            [model.apply(x[:, :, r : r + 16], params, rows=(r, min(101, r + 16)), height=101) for r in range(0, 101, 16)],
+            dim=2,
+        )
+    assert torch.allclose(whole, tiles, atol=1e-6)
+
+
+def test_curves_are_piecewise_linear_interpolation():
+    curves = torch.tensor([[[0.0, 0.5, 1.0]] * 3])
+    x = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    assert torch.allclose(apply_curves(x.contiguous(), curves)[0, 0, 0], torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+    curves = torch.tensor([[[0.0, 0.8, 1.0]] * 3])
+    assert torch.allclose(apply_curves(x.contiguous(), curves)[0, 0, 0], torch.tensor([0.0, 0.4, 0.8, 0.9, 1.0]))
+
+
+def test_bilateral_slice_picks_bins_by_guide():
+    grid = torch.zeros(1, 1, 2, 1, 1)
+    grid[0, 0, 1] = 1.0  # offset 0 in the dark bin, 1 in the bright bin
+    guide = torch.tensor([[[0.0, 0.25, 1.0]]])
+    out = bilateral_slice(grid, guide)
+    assert torch.allclose(out[0, 0, 0], torch.tensor([0.0, 0.25, 1.0]))
+
+
+def test_gradients_reach_every_head():
+    model = randomised()
+    out = model(torch.rand(2, 3, 32, 32))
+    (out["output"].mean() + out["luminance"].sum()).backward()
+    for name in ("curve_head", "grid_head", "luminance_head"):
+        grad = getattr(model, name).weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+
+
+def test_fast_cpu_path_matches_torch():
+    import cv2
+
+    model = randomised()
+    rng = np.random.default_rng(0)
+    image = (rng.random((90, 130, 3)) ** 2 * 255).astype(np.uint8)
+    fast = model.correct(image).astype(np.float32) / 255
+    thumb = cv2.resize(image, (256, 256), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    with torch.no_grad():
+        params = model.predict(torch.from_numpy(thumb).permute(2, 0, 1)[None])
+        ref = model.apply(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, params)[0].permute(1, 2, 0).numpy()
+    assert np.abs(fast - ref).max() < 3 / 255
+    assert np.abs(fast - ref).mean() < 1 / 255
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_correct_round_trips_array_kinds(dtype):
+    model = randomised()
+    top = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[dtype]
+    image = (np.random.default_rng(1).random((21, 34, 3)) * top).astype(dtype)
+    out = model.correct(image)
+    assert out.dtype == dtype and out.shape == image.shape
+    assert not np.array_equal(out, image)
+
+
+def test_correct_pil_and_tensor():
+    model = randomised()
+    image = Image.fromarray((np.random.default_rng(2).random((20, 30, 3)) * 255).astype(np.uint8))
+    out = model.correct(image)
+    assert isinstance(out, Image.Image) and out.size == image.size and out.mode == "RGB"
+    tensor = torch.rand(2, 2, 3, 12, 9, dtype=torch.float64)
+    out = model.correct(tensor)
+    assert out.shape == tensor.shape and out.dtype == torch.float64
+
+
+def test_correct_rejects_bad_shapes():
+    with pytest.raises(LoopExposeError, match="expected an \\(H, W, 3\\)"):
+        create("curvegrid").correct(np.zeros((4, 4), np.uint8))
+    with pytest.raises(LoopExposeError, match="cannot correct"):
+        create("curvegrid").correct("photo.jpg")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = randomised()
+    path = save(model, tmp_path / "m.safetensors", epoch=3)
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["model"]["arch"] == "curvegrid" and meta["epoch"] == 3
+    again = load(path)
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x)["output"], again(x)["output"])
+
+
+def test_load_errors_are_one_line(tmp_path):
+    with pytest.raises(LoopExposeError, match="unknown model"):
+        load("no-such-model")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    (tmp_path / "bad.json").write_text(json.dumps({"model": {"arch": "curvegrid", "config": {}}}))
+    with pytest.raises(LoopExposeError, match="not a readable safetensors"):
+        load(bad)
+    lone = tmp_path / "lone.safetensors"
+    save(create("curvegrid"), lone)
+    (tmp_path / "lone.json").unlink()
+    with pytest.raises(LoopExposeError, match="metadata"):
+        load(lone)
+
+
+def test_bundled_default_loads():
+    model = loopexpose.load("default")
+    assert model.arch == "curvegrid"
+    image = np.full((16, 24, 3), 20, np.uint8)
+    assert model.correct(image).mean() > image.mean()  # a dark frame gets brighter
