@@ -127,9 +127,10 @@ def _opencv_mertens(frames: torch.Tensor) -> torch.Tensor:
     import cv2
 
     merge = cv2.createMergeMertens()
-    # OpenCV scales every input by 1/255 whatever its type, so float frames go in as [0, 255] (BGR).
-    stack = [np.ascontiguousarray(f.permute(1, 2, 0).cpu().float().numpy()[:, :, ::-1] * 255) for f in frames]
-    fused = merge.process(stack)[:, :, ::-1]
+    # OpenCV scales every input by 1/255 whatever its type, so float frames go in as [0, 255]. They go in as
+    # RGB: its only channel-order-dependent step is its luma, taken with COLOR_RGB2GRAY (Rec. 601 on RGB).
+    stack = [np.ascontiguousarray(f.permute(1, 2, 0).cpu().float().numpy() * 255) for f in frames]
+    fused = merge.process(stack)
     return torch.from_numpy(np.ascontiguousarray(fused)).permute(2, 0, 1).clamp(0, 1).to(frames.device)
 
 
@@ -541,7 +542,7 @@ METRIC_LABELS = {
     "psnr": "PSNR (dB) vs reference",
     "ssim": "SSIM vs reference",
     "consistency": "consistency (dB)",
-    "mef_ssim": "MEF-SSIM",
+    "mef_ssim": "MEF-SSIM vs stack",
     "ciede2000": "CIEDE2000",
 }
 LOWER_IS_BETTER = {"ciede2000"}
