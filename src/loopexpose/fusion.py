@@ -35,6 +35,7 @@ blended in chunks of a few frames at a time (:data:`CHUNK_PIXELS`), so the peak 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import cv2
@@ -71,6 +72,10 @@ WEIGHT_EPSILON = 1e-12  # added to every weight before normalising (OpenCV's), s
 EXPOSEDNESS_SIGMA = 0.2
 #: Frames x pixels blended at once; larger chunks are faster, smaller ones use less memory.
 CHUNK_PIXELS = 48_000_000
+#: torch threads for the elementwise work of the CPU path (``None``: leave torch's setting). That work sits
+#: between OpenCV calls and is memory-bound, so a second thread gains little, while on shared or busy cores
+#: OpenMP's barrier spinning made it 3x slower in our benchmark (docs/benchmarks.md). OpenCV keeps its threads.
+CPU_THREADS: int | None = 1
 #: Frames x pixels per strip when computing weights on the CPU (about 3 MB of float32 RGB: cache-sized).
 STRIP_PIXELS = 1 << 18
 
@@ -470,6 +475,20 @@ def blend_pyramids(
     return blended
 
 
+@contextlib.contextmanager
+def _cpu_threads():
+    """Run the block with :data:`CPU_THREADS` torch threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    if CPU_THREADS is None or CPU_THREADS == previous:
+        yield
+        return
+    torch.set_num_threads(CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _pyramid_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
     sizes = [(height, width)]
     for _ in range(levels - 1):
@@ -571,10 +590,13 @@ def mertens_fuse(
         raise ValueError(f"levels must be a positive int or None, got {levels!r}")
     if images.shape[-4] == 1:
         return images.select(-4, 0).clone()
-    weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
     if _opencv_ok(images):
-        fused = _fuse_on_cpu(images if images.dim() == 5 else images[None], weights.view(-1, *weights.shape[-4:]), levels)
+        with _cpu_threads():
+            weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
+            brackets, weights = images.reshape(-1, *images.shape[-4:]), weights.reshape(-1, *weights.shape[-4:])
+            fused = _fuse_on_cpu(brackets, weights, levels)
         return fused if images.dim() == 5 else fused[0]
+    weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
     # Blend a few frames at a time and add up the pyramids: the result is the same, the peak memory smaller.
     frames = images.shape[-4]
     batch = images.shape[0] if images.dim() == 5 else 1
