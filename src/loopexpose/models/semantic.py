@@ -200,7 +200,8 @@ class SemanticNet(ExposureModel):
         self.down1, self.down2 = _conv_block(c1, c2, 2), _conv_block(c2, c3, 2)
         self.enc2, self.mid = ResidualMambaBlock(c2, config.d_state), ResidualMambaBlock(c3, config.d_state)
         self.up2, self.up1 = nn.Conv2d(c3 + c2, c2, 1), nn.Conv2d(c2 + c1, c1, 1)
-        self.dec2, self.dec1 = ResidualMambaBlock(c2, config.d_state), _conv_block(c1, c1)
+        # the scan's cost is O(hw * channels * d_state * log hw): it runs on the 1/2 and 1/4 scales of the encoder
+        self.dec2, self.dec1 = _conv_block(c2, c2), _conv_block(c1, c1)
         self.head = nn.Conv2d(c1, 3 * config.iterations, 3, 1, 1)
         nn.init.zeros_(self.head.weight)  # start as the identity
         nn.init.zeros_(self.head.bias)

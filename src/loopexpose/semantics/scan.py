@@ -72,8 +72,11 @@ def selective_scan_parallel(u, delta, A, B, C, D=None):
     length, step = u.shape[1], 1
     while step < length:
         # h_t = a_t h_{t-1} + b_t composed with the map ending `step` earlier: (a, b)_t <- (a_t a_s, a_t b_s + b_t)
-        b = b + a * F.pad(b, (0, 0, 0, 0, step, 0))[:, :length]
-        a = a * F.pad(a, (0, 0, 0, 0, step, 0), value=1.0)[:, :length]
+        # positions before `step` have nothing to compose with: only the tail changes (no padded copies)
+        head_b, head_a = b[:, :step], a[:, :step]
+        tail_b = torch.addcmul(b[:, step:], a[:, step:], b[:, :-step])
+        tail_a = a[:, step:] * a[:, :-step]
+        b, a = torch.cat([head_b, tail_b], 1), torch.cat([head_a, tail_a], 1)
         step *= 2
     y = (b * C[:, :, None, :]).sum(-1)
     return y + u * D if D is not None else y

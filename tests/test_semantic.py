@@ -1,0 +1,225 @@
+"""Semantic-aware model: shapes, scan forms, regions, pseudo-labels, CLIP path with a tiny local model, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_bracket
+from loopexpose.models import create, load, save
+from loopexpose.semantics.losses import region_consistency_loss, segmentation_agreement
+from loopexpose.semantics.pseudo import pseudo_label
+from loopexpose.semantics.recogniser import ExposureRecogniser, bracket_region_labels, train_recogniser
+from loopexpose.semantics.regions import superpixel_regions
+from loopexpose.semantics.scan import selective_scan_parallel, selective_scan_sequential
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = create("semantic", {"work_side": 48, "width": 8})
+    torch.nn.init.normal_(net.head.weight, std=0.05)  # not the identity, so outputs depend on the network
+    return net.eval()
+
+
+@pytest.mark.parametrize("size", [(37, 53), (5, 7), (64, 31), (1, 9)])
+def test_shapes_for_odd_sizes(model, size):
+    x = torch.rand(2, 3, *size)
+    out = model(x)
+    assert out["output"].shape == x.shape
+    assert out["output"].min() >= 0 and out["output"].max() <= 1
+    assert out["masks"].shape[1] == model.config.regions and out["masks"].shape[-2:] == out["alpha"].shape[-2:]
+    assert torch.allclose(out["masks"].sum(1), torch.ones(1))
+
+
+def test_identity_at_initialisation():
+    x = torch.rand(1, 3, 20, 30)
+    assert torch.allclose(create("semantic", {"work_side": 32, "width": 8})(x)["output"], x, atol=1e-6)
+
+
+def test_large_input_is_corrected_through_a_thumbnail(model):
+    x = torch.rand(1, 3, 97, 131)
+    out = model(x)
+    assert max(out["alpha"].shape[-2:]) == 48 and out["output"].shape == x.shape
+
+
+@pytest.mark.parametrize("length", [1, 7, 64, 100])
+def test_scan_parallel_matches_sequential(length):
+    g = torch.Generator().manual_seed(length)
+    u, delta = torch.randn(2, length, 5, generator=g), torch.rand(2, length, 5, generator=g) * 2
+    A = -torch.rand(5, 3, generator=g) * 3
+    B, C = torch.randn(2, length, 3, generator=g), torch.randn(2, length, 3, generator=g)
+    D = torch.randn(5, generator=g)
+    u.requires_grad_(True)
+    fast = selective_scan_parallel(u, delta, A, B, C, D)
+    slow = selective_scan_sequential(u, delta, A, B, C, D)
+    assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), u)
+    (grad_slow,) = torch.autograd.grad(slow.square().sum(), u)
+    assert torch.allclose(grad_fast, grad_slow, atol=1e-3, rtol=1e-3)
+
+
+def test_superpixel_masks_are_one_hot_and_ordered_by_brightness():
+    x = torch.zeros(1, 3, 30, 40)
+    x[..., :, 20:] = 0.9  # bright right half
+    masks = superpixel_regions(x, regions=4)
+    assert masks.shape == (1, 4, 30, 40) and torch.equal(masks.sum(1), torch.ones(1, 30, 40))
+    present = [k for k in range(4) if masks[0, k].sum() > 0]
+    assert masks[0, present[-1], :, :20].sum() == 0 and masks[0, present[-1]].sum() > 0  # brightest: right half
+    assert masks[0, present[0], :, 20:].sum() == 0  # darkest first: left half
+    assert segmentation_agreement(masks, masks).item() == pytest.approx(1.0)
+
+
+def test_bracket_labels_follow_exposure_order():
+    bracket = synthetic_bracket(5, 24, 32)
+    masks = torch.ones(1, 24, 32)
+    frame_labels, region_labels = bracket_region_labels(bracket, masks, margin=0)
+    assert frame_labels[0] == 0 and frame_labels[-1] == 2 and (frame_labels == 1).sum() == 1
+    assert torch.equal(region_labels[:, 0], frame_labels)
+
+
+class LumaOracle(torch.nn.Module):
+    """A recogniser that knows the answer: p(well) peaks at mid-grey, under below, over above."""
+
+    def _logits(self, mean):
+        return torch.stack([(0.45 - mean) * 20, -((mean - 0.45).abs()) * 20 + 1, (mean - 0.45) * 20], -1)
+
+    def region_logits(self, x, masks):
+        luma = x.mean(1)
+        return self._logits(torch.einsum("bkhw,bhw->bk", masks, luma) / masks.sum((-2, -1)).clamp(min=1))
+
+    def global_logits(self, x):
+        return self._logits(x.mean((1, 2, 3)))
+
+
+def _dark_and_bright():
+    bracket = synthetic_bracket(5, 32, 48)
+    return bracket[:1], bracket[-1:]
+
+
+def test_pseudo_label_moves_dark_brighter_and_bright_darker_with_an_oracle():
+    dark, bright = _dark_and_bright()
+    for frame, sign in ((dark, 1), (bright, -1)):
+        masks = superpixel_regions(frame, 4)
+        target, gamma = pseudo_label(frame, masks, LumaOracle())
+        assert sign * (target.mean() - frame.mean()) > 0.05
+        assert target.shape == frame.shape and 0 <= target.min() and target.max() <= 1
+
+
+def test_pseudo_label_with_the_trained_cnn_recogniser():
+    torch.manual_seed(0)
+    frames, masks, frame_labels, region_labels = [], [], [], []
+    for h, w in ((32, 48), (40, 40)):
+        bracket = synthetic_bracket(7, h, w)[:, :, :32, :32]
+        m = superpixel_regions(bracket[3:4], 4)[0]
+        f, r = bracket_region_labels(bracket, m, margin=0)
+        frames.append(bracket), masks.append(m.expand(7, -1, -1, -1)), frame_labels.append(f), region_labels.append(r)
+    recogniser = ExposureRecogniser(width=8)
+    losses = train_recogniser(recogniser, torch.cat(frames), torch.cat(masks), torch.cat(frame_labels),
+                              torch.cat(region_labels), steps=80, batch=8, lr=5e-3)  # fmt: skip
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    dark, bright = _dark_and_bright()
+    for frame, sign in ((dark, 1), (bright, -1)):
+        target, _ = pseudo_label(frame, superpixel_regions(frame, 4), recogniser)
+        assert sign * (target.mean() - frame.mean()) > 0.02
+
+
+def test_region_consistency_penalises_swapped_regions():
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 4:] = 0.8
+    x = x + torch.rand(1, 1, 8, 8) * 0.1
+    masks = superpixel_regions(x, 2)
+    assert region_consistency_loss(x, x, masks) < 1e-3
+    assert region_consistency_loss(1 - x, x, masks) > 0.5
+
+
+def _tiny_clip_folder(path):
+    transformers = pytest.importorskip("transformers")
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz-"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in letters:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|endoftext|>")
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 32, "eos_token_id": 1, "bos_token_id": 0,
+                     "pad_token_id": 1},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del transformers
+    return path
+
+
+def test_clip_path_runs_with_a_tiny_local_model(tmp_path):
+    from loopexpose.semantics.losses import prompt_alignment_loss
+    from loopexpose.semantics.recogniser import load_clip
+
+    recogniser = load_clip(_tiny_clip_folder(tmp_path))
+    x = torch.rand(2, 3, 24, 36)
+    masks = superpixel_regions(x, 3)
+    assert recogniser.global_logits(x).shape == (2, 3)
+    assert recogniser.region_logits(x, masks).shape == (2, 3, 3)
+    target, _ = pseudo_label(x, masks, recogniser, gammas=(0.5, 1.0, 2.0))
+    assert target.shape == x.shape
+    loss = prompt_alignment_loss(x, masks, recogniser)
+    loss.backward()
+    assert recogniser.adapter.weight.grad is not None and recogniser.adapter.weight.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in recogniser.clip.parameters())
+
+
+def test_load_clip_errors_clearly(tmp_path):
+    from loopexpose.errors import LoopExposeError
+    from loopexpose.semantics.recogniser import load_clip
+
+    with pytest.raises(LoopExposeError, match="not found"):
+        load_clip(tmp_path / "missing")
+
+
+def test_save_load_and_correct_numpy(model, tmp_path):
+    path = save(model, tmp_path / "sem.safetensors", step=1)
+    again = load(path)
+    x = torch.rand(1, 3, 21, 30)
+    assert torch.allclose(again(x)["output"], model(x)["output"], atol=1e-6)
+    photo = (np.random.default_rng(0).random((21, 30, 3)) * 255).astype(np.uint8)
+    out = again.correct(photo)
+    assert out.shape == photo.shape and out.dtype == np.uint8
+
+
+def _write_brackets(root, scenes=3):
+    from loopexpose.io import write_image
+
+    for s in range(scenes):
+        for i, frame in enumerate(synthetic_bracket(3, 40, 56, seed=s)):
+            write_image(root / f"scene{s}" / f"frame_{i}.png", frame.permute(1, 2, 0).numpy() * (0.9 + 0.05 * s), bits=8)
+
+
+def test_training_run_writes_loadable_checkpoints_and_resumes(tmp_path):
+    from loopexpose.semantics.train import run
+
+    _write_brackets(tmp_path / "data")
+    config = {
+        "data": {"root": str(tmp_path / "data"), "max_side": 40, "crop": 32, "val_fraction": 0.34},
+        "model": {"work_side": 32, "width": 8},
+        "recogniser": {"steps": 4, "batch": 4},
+        "train": {"steps": 3, "batch": 2, "eval_every": 3, "log_every": 1},
+    }
+    best = run(config, "cpu", False, tmp_path / "run")
+    assert best.is_file() and load(best).arch == "semantic"
+    events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"components", "data", "recogniser", "train", "eval", "done"} <= set(events)
+    config["train"]["steps"] = 5
+    run(config, "cpu", True, tmp_path / "run")
+    assert load(tmp_path / "run" / "last.safetensors").metadata["step"] == 5
