@@ -39,6 +39,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -501,31 +502,55 @@ def _pyramid_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]
     return sizes
 
 
-def _fuse_on_cpu(images: torch.Tensor, weights: torch.Tensor, levels: int) -> torch.Tensor:
-    """:func:`blend_pyramids` + :func:`collapse_laplacian_pyramid` for the CPU without autograd, in place.
+def _fuse_on_cpu(
+    images: torch.Tensor, exponents: tuple[float, float, float], levels: int, workers: int = 1
+) -> torch.Tensor:
+    """:func:`mertens_fuse` for the CPU without autograd: same arithmetic, in place, bracket by bracket.
 
-    One frame at a time through one set of pyramid buffers that every frame and bracket reuses, so nothing
-    full-sized is allocated per frame (allocation and page faults cost more than the arithmetic here) and the
-    memory is the input, its weights, and about ``4.5 x H x W`` floats per channel of pyramids.
+    One bracket's weights at a time, and one frame at a time through one set of pyramid buffers that every
+    frame and bracket reuses, so nothing full-sized is allocated per frame (allocation and page faults cost more
+    than the arithmetic here). A batch is shared among ``workers`` threads (OpenCV and torch release the GIL),
+    which beats OpenCV's and torch's own threading of each small step. Memory: the input, the output, and per
+    worker one bracket's weights (``N x H x W`` floats) and about ``4.7 x H x W`` floats per channel of pyramids.
 
     Args:
         images: ``(B, N, C, H, W)`` float32/64 on the CPU.
-        weights: ``(B, N, 1, H, W)``, same dtype.
+        exponents: ``(contrast, saturation, exposedness)``.
+        workers: threads; brackets are dealt out round-robin.
     """
-    batch, frames, channels, height, width = images.shape
-    images, weights = images.detach().contiguous(), weights.detach().contiguous()
+    images = images.detach().contiguous()
+    fused = torch.empty(images.shape[0], *images.shape[2:], dtype=images.dtype)
+    workers = max(1, min(workers, images.shape[0]))
+    if workers == 1:
+        _fuse_brackets_on_cpu(images, range(images.shape[0]), exponents, levels, fused)
+        return fused
+    with ThreadPoolExecutor(workers) as pool:
+        jobs = [
+            pool.submit(_fuse_brackets_on_cpu, images, range(w, images.shape[0], workers), exponents, levels, fused)
+            for w in range(workers)
+        ]
+        for job in jobs:
+            job.result()
+    return fused
+
+
+def _fuse_brackets_on_cpu(
+    images: torch.Tensor, which: range, exponents: tuple[float, float, float], levels: int, fused: torch.Tensor
+) -> None:
+    """Fuse brackets ``which`` of ``images`` ``(B, N, C, H, W)`` into ``fused[which]``, reusing one set of buffers."""
+    _, frames, channels, height, width = images.shape
     sizes = _pyramid_sizes(height, width, levels)
-    frame_pyramid = [torch.empty(channels, *size, dtype=images.dtype) for size in sizes]  # [0] unused
+    frame_pyramid = [torch.empty(channels, *size, dtype=images.dtype) for size in sizes]  # [0] is the frame
     weight_pyramid = [torch.empty(1, *size, dtype=images.dtype) for size in sizes]
     up = [torch.empty(channels, *size, dtype=images.dtype) for size in sizes[:-1]]
     result = [torch.empty(channels, *size, dtype=images.dtype) for size in sizes]
-    fused = torch.empty(batch, channels, height, width, dtype=images.dtype)
-    for b in range(batch):
+    for b in which:
+        weights = quality_weights(images[b], *exponents).to(images.dtype)
         result[0] = fused[b].zero_()
         for level in result[1:]:
             level.zero_()
         for n in range(frames):
-            frame_pyramid[0], weight_pyramid[0] = images[b, n], weights[b, n]
+            frame_pyramid[0], weight_pyramid[0] = images[b, n], weights[n]
             for level in range(levels - 1):
                 _pyr_down_into(frame_pyramid[level], frame_pyramid[level + 1])
                 _pyr_down_into(weight_pyramid[level], weight_pyramid[level + 1])
@@ -535,7 +560,6 @@ def _fuse_on_cpu(images: torch.Tensor, weights: torch.Tensor, levels: int) -> to
             result[-1].addcmul_(frame_pyramid[-1], weight_pyramid[-1])
         for level in range(levels - 2, -1, -1):
             result[level].add_(_pyr_up_into(result[level + 1], up[level]))
-    return fused
 
 
 def _pyr_down_into(source: torch.Tensor, target: torch.Tensor) -> None:
@@ -596,10 +620,10 @@ def mertens_fuse(
     if images.shape[-4] == 1:
         return images.select(-4, 0).clone()
     if _opencv_ok(images):
+        workers = torch.get_num_threads()  # the caller's thread budget, spent on brackets in parallel
         with _cpu_threads():
-            weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
-            brackets, weights = images.reshape(-1, *images.shape[-4:]), weights.reshape(-1, *weights.shape[-4:])
-            fused = _fuse_on_cpu(brackets, weights, levels)
+            brackets = images.reshape(-1, *images.shape[-4:])
+            fused = _fuse_on_cpu(brackets, (contrast, saturation, exposedness), levels, workers)
         return fused if images.dim() == 5 else fused[0]
     weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
     # Blend a few frames at a time and add up the pyramids: the result is the same, the peak memory smaller.
