@@ -154,3 +154,15 @@ def test_bracket5_on_real_hdrps(brackets_root):
         darkest = [r["mef_ssim"] for r in results.frame_rows
                    if r["method"] == "identity" and r["scene"] == scene["scene"] and r["frame"] == scene["window"][0]]  # fmt: skip
         assert fused[scene["scene"]] > darkest[0]
+
+
+def test_per_collection_summary(scenes, tmp_path):
+    results = ev.evaluate_bracket5(sorted(scenes.iterdir()), ev.build_methods(["identity"]), max_side=64)
+    results.scenes[1]["scene"] = "other/scene 1"
+    for row in results.scene_rows:
+        row["scene"] = row["scene"].replace("synthetic/scene 1", "other/scene 1")
+    assert results.collections() == ["other", "synthetic"]
+    per = [results.summary(c)["identity"]["psnr"] for c in results.collections()]
+    assert results.summary()["identity"]["psnr"] == pytest.approx(sum(per) / 2)
+    report = ev.write_report(results, tmp_path).read_text()
+    assert "`other` (1 scenes)" in report

@@ -226,11 +226,19 @@ class EvalResults:
                     names.append(key)
         return names
 
-    def summary(self) -> dict[str, dict[str, float]]:
-        """``{method: {metric: mean over scenes}}`` (metrics a method has no value for are left out)."""
+    def collections(self) -> list[str]:
+        """Collections (the ``collection`` of ``collection/scene`` keys) of a ``bracket-5`` run, sorted."""
+        if self.protocol != "bracket-5":
+            return []
+        return sorted({s["scene"].split("/")[0] for s in self.scenes})
+
+    def summary(self, collection: str | None = None) -> dict[str, dict[str, float]]:
+        """``{method: {metric: mean over scenes}}`` (metrics a method has no value for are left out), over all
+        scenes or those of one collection."""
         out: dict[str, dict[str, float]] = {}
         for method in self.methods:
-            rows = [r for r in self.scene_rows if r["method"] == method["name"]]
+            rows = [r for r in self.scene_rows if r["method"] == method["name"]
+                    and (collection is None or r["scene"].split("/")[0] == collection)]  # fmt: skip
             means = {}
             for metric in self.metric_names():
                 values = [r[metric] for r in rows if isinstance(r.get(metric), float) and math.isfinite(r[metric])]
@@ -253,6 +261,7 @@ class EvalResults:
             "protocol": self.protocol,
             "methods": self.methods,
             "summary": _rounded(self.summary()),
+            "summary_by_collection": {c: _rounded(self.summary(c)) for c in self.collections()},
             "scenes": self.scenes,
             "scene_rows": _rounded(self.scene_rows),
         }
@@ -387,7 +396,10 @@ def evaluate_bracket5(
         scored = [m for m in methods if m.kind == MEF or mef_ssim_frames]
         if scored:
             images = torch.cat([outputs[m.name].reshape(-1, *frames.shape[-3:]) for m in scored])
-            mef_values = iter(metrics.mef_ssim(frames, images).tolist())
+            try:
+                mef_values = iter(metrics.mef_ssim(frames, images).tolist())
+            except ValueError as exc:  # too small for 3 scales of 11x11 windows
+                raise LoopExposeError(f"{exc} (raise --max-side)", bracket.scene) from None
             mef = {m.name: [next(mef_values) for _ in range(outputs[m.name].reshape(-1, 3, *frames.shape[-2:]).shape[0])]
                    for m in scored}  # fmt: skip
         for method in methods:
@@ -608,9 +620,9 @@ def _fmt(value: float | None, metric: str) -> str:
     return f"{value:.2f}" if metric in {"psnr", "consistency", "ciede2000"} else f"{value:.4f}"
 
 
-def summary_table(results: EvalResults) -> tuple[list[str], list[list[str]]]:
+def summary_table(results: EvalResults, collection: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary (methods x metrics, means over scenes); best values in bold."""
-    summary = results.summary()
+    summary = results.summary(collection)
     metric_names = results.metric_names()
     best = {}
     for metric in metric_names:
@@ -731,6 +743,11 @@ def write_report(results: EvalResults, outdir: str | os.PathLike, command: str =
         md += ["Command:", "", "```", command, "```", ""]
     md += [f"{len(results.scenes)} scenes. Means over scenes; best value per column in bold (consistency is not "
            "ranked: a method that ignores its input scores high).", "", _markdown_table(header, rows), ""]  # fmt: skip
+    collections = results.collections()
+    if len(collections) > 1:
+        for collection in collections:
+            count = sum(s["scene"].split("/")[0] == collection for s in results.scenes)
+            md += [f"`{collection}` ({count} scenes):", "", _markdown_table(*summary_table(results, collection)), ""]
     findings = baseline_findings(results)
     if findings:
         md += ["Simple baselines:", ""] + [f"- {line}" for line in findings] + [""]
