@@ -141,8 +141,11 @@ class BracketDataset(Dataset):
 
     How a window is drawn, all from the item's own generator (:func:`item_generator`):
     ``k`` uniform in ``k_range`` clipped to the bracket length; a uniform start so the window is ``k``
-    consecutive frames in exposure order; a uniform ``crop x crop`` position (frames whose short side is below
-    ``crop`` are first upscaled bilinearly so it fits); a horizontal flip with probability 1/2. Frames were
+    consecutive frames in exposure order (with ``around_reference``, among the windows that contain the frame
+    nearest mid-grey, as the evaluation protocol does); a uniform ``crop x crop`` position (frames whose short
+    side is below ``crop`` are first upscaled bilinearly so it fits) or, with ``crop_scale=(lo, hi)``, a crop of
+    a uniform ``lo..hi`` fraction of each side resized to ``crop x crop`` (so a network that looks at the whole
+    frame sees about a whole scene, as at inference); a horizontal flip with probability 1/2. Frames were
     resized once (area filter) so their long side is at most ``max_side``.
 
     Args:
@@ -154,6 +157,9 @@ class BracketDataset(Dataset):
         seed: base seed; with the epoch and the index it fixes every random choice.
         repeats: items per scene per epoch.
         min_frames: scenes with fewer frames are dropped (2: a bracket needs two exposures).
+        around_reference: windows always contain the frame whose mean luma is nearest 118/255.
+        crop_scale: ``(lo, hi)`` fractions of each side to crop before resizing to ``crop``; ``None`` crops
+            ``crop x crop`` pixels directly.
 
     An index may be an int (uses :attr:`epoch`, see :meth:`set_epoch`) or an ``(index, epoch)`` tuple, which is
     what :class:`BucketBatchSampler` yields, so persistent workers still see the right epoch.
@@ -169,9 +175,13 @@ class BracketDataset(Dataset):
         seed: int = 0,
         repeats: int = 1,
         min_frames: int = 2,
+        around_reference: bool = False,
+        crop_scale: tuple[float, float] | None = None,
     ) -> None:
         if isinstance(brackets, (str, os.PathLike)) or (brackets and not isinstance(brackets[0], Bracket)):
             brackets = scan_brackets(brackets)  # type: ignore[arg-type]
+        if crop_scale is not None and not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale}")
         if not 1 <= k_range[0] <= k_range[1]:
             raise ValueError(f"k_range must be (k_min, k_max) with 1 <= k_min <= k_max, got {k_range}")
         if crop is not None and crop < 1:
@@ -186,6 +196,8 @@ class BracketDataset(Dataset):
         self.flip = flip
         self.seed = seed
         self.repeats = repeats
+        self.around_reference = around_reference
+        self.crop_scale = crop_scale
         self.epoch = 0
         self._cache = _FrameCache(max_side)
 
@@ -212,7 +224,11 @@ class BracketDataset(Dataset):
         scene = index % len(self.brackets)
         n = len(self.brackets[scene])
         k = min(int(rng.integers(self.k_range[0], self.k_range[1] + 1)), n)
-        start = int(rng.integers(0, n - k + 1))
+        if self.around_reference:
+            reference = self.brackets[scene].reference_index()
+            start = int(rng.integers(max(0, reference - k + 1), min(reference, n - k) + 1))
+        else:
+            start = int(rng.integers(0, n - k + 1))
         return _Plan(scene=scene, k=k, start=start)
 
     def window_length(self, index: int | tuple[int, int]) -> int:
@@ -227,7 +243,9 @@ class BracketDataset(Dataset):
         bracket = self.brackets[plan.scene]
         positions = list(range(plan.start, plan.start + plan.k))
         frames = self._cache.get(bracket)[positions].float() / 255.0
-        if self.crop is not None:
+        if self.crop is not None and self.crop_scale is not None:
+            frames = _random_scaled_crop(frames, self.crop, self.crop_scale, rng)
+        elif self.crop is not None:
             frames = _random_crop(frames, self.crop, rng)
         if self.flip and rng.random() < 0.5:
             frames = frames.flip(-1)
@@ -259,6 +277,20 @@ def _random_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -> t
     top = int(rng.integers(0, height - size + 1))
     left = int(rng.integers(0, width - size + 1))
     return frames[..., top : top + size, left : left + size]
+
+
+def _random_scaled_crop(
+    frames: torch.Tensor, size: int, scale: tuple[float, float], rng: np.random.Generator
+) -> torch.Tensor:
+    """``(k, 3, H, W)`` -> ``(k, 3, size, size)``: a crop of a random ``scale`` fraction of each side, resized."""
+    height, width = frames.shape[-2:]
+    ch = max(1, round(height * rng.uniform(*scale)))
+    cw = max(1, round(width * rng.uniform(*scale)))
+    top = int(rng.integers(0, height - ch + 1))
+    left = int(rng.integers(0, width - cw + 1))
+    window = frames[..., top : top + ch, left : left + cw]
+    mode = "area" if min(ch, cw) >= size else "bilinear"
+    return F.interpolate(window, size=(size, size), mode=mode).clamp(0, 1)
 
 
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):

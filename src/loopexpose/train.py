@@ -27,14 +27,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save
 
-import zlib
-
-import cv2
 from kornia.metrics import psnr as _psnr
+from torch.utils.data import DataLoader
 
 from loopexpose import fusion
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import atomic_write_bytes, find_scenes, load_bracket, order_bracket
+from loopexpose.data import BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, split_scenes
+from loopexpose.io import atomic_write_bytes
 from loopexpose.losses import l1_loss, luminance_ranking_loss, ssim_loss
 from loopexpose.models import create, load, resolve_device, save as save_model
 from loopexpose.paths import data_root
@@ -46,14 +45,16 @@ DEFAULTS: dict = {
     "data": {
         "roots": ["brackets"],
         "max_side": 384,
-        "crop": 256,
+        "crop": 192,
+        "crop_scale": [0.6, 1.0],
         "window": [3, 5],
-        "val_fraction": 0.15,
+        "val_fraction": 0.1,
+        "val_scenes": [],
         "val_max_side": 384,
     },
     "model": {"arch": "curvegrid", "config": {}},
     "train": {
-        "warmup_epochs": 30,
+        "warmup_epochs": 10,
         "feedback_epochs": 30,
         "brackets_per_step": 4,
         "lr": 2e-3,
@@ -97,47 +98,10 @@ def _merge(base: dict, user: dict, path, prefix: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- data
 
-MID_GREY = 118 / 255
 
-
-@dataclass
-class BracketRecord:
-    """One scene's bracket held in memory: ``frames`` is ``(N, 3, H, W)`` uint8, darkest first."""
-
-    name: str  # "collection/scene"
-    frames: torch.Tensor
-    reference: int  # index of the frame whose mean luma is nearest mid-grey
-
-    def resized(self, max_side: int) -> "BracketRecord":
-        h, w = self.frames.shape[-2:]
-        if max(h, w) <= max_side:
-            return self
-        scale = max_side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        frames = [cv2.resize(f.permute(1, 2, 0).numpy(), size, interpolation=cv2.INTER_AREA) for f in self.frames]
-        return BracketRecord(self.name, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(), self.reference)
-
-
-def load_records(roots: list[Path], max_side: int) -> list[BracketRecord]:
-    """Every scene under the collection folders ``roots``, decoded once and resized (long side <= max_side)."""
-    records = []
-    for root in roots:
-        for scene in find_scenes(root):
-            bracket = order_bracket(scene)
-            frames = (load_bracket(bracket, max_side=max_side) * 255 + 0.5).to(torch.uint8)
-            reference = int(np.argmin([abs(m - MID_GREY) for m in bracket.mean_luma]))
-            records.append(BracketRecord(f"{scene.parent.name}/{scene.name}", frames, reference))
-    return records
-
-
-def is_validation(name: str, fraction: float) -> bool:
-    """Stable scene-level split: a scene is held back when the CRC32 of its name falls below ``fraction``."""
-    return zlib.crc32(name.encode()) / 2**32 < fraction
-
-
-def split_records(records: list[BracketRecord], fraction: float) -> tuple[list[BracketRecord], list[BracketRecord]]:
-    val = [r for r in records if is_validation(r.name, fraction)]
-    return [r for r in records if not is_validation(r.name, fraction)], val
+def resolve_roots(roots: list[str]) -> list[Path]:
+    """Config roots: absolute paths, paths that exist from the current folder, else under the data root."""
+    return [Path(r) if Path(r).is_absolute() or Path(r).exists() else data_root() / r for r in roots]
 
 
 def psnr(output: torch.Tensor, target: torch.Tensor) -> float:
@@ -178,43 +142,29 @@ def learning_rate(step: int, total: int, cfg: dict) -> float:
     return cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * progress))
 
 
-def sample_batch(
-    records: list[BracketRecord], indices: list[int], k: int, size: int, rng: np.random.Generator
-) -> torch.Tensor:
-    """``(B, k, 3, size, size)`` float batch in [0, 1].
-
-    Each bracket gives a window of ``k`` consecutive exposures containing the frame nearest mid-grey (as the
-    evaluation protocol does); one random crop (60..100% of each side) shared by the window is resized to
-    ``size x size`` (so the network sees about the whole scene, as at inference), and flipped at random.
-    """
-    batch = []
-    for i in indices:
-        record = records[i]
-        n = len(record.frames)
-        kk = min(k, n)
-        lo = max(0, min(record.reference - kk + 1, n - kk))
-        hi = min(record.reference, n - kk)
-        start = int(rng.integers(lo, hi + 1))
-        frames = record.frames[start : start + kk]
-        if kk < k:  # short bracket: repeat its brightest frame so the batch stays rectangular
-            frames = torch.cat([frames, frames[-1:].expand(k - kk, -1, -1, -1)])
-        _, _, h, w = frames.shape
-        ch, cw = round(h * rng.uniform(0.6, 1.0)), round(w * rng.uniform(0.6, 1.0))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        window = frames[:, :, top : top + ch, left : left + cw].float() / 255
-        window = torch.nn.functional.interpolate(window, size=(size, size), mode="area" if min(ch, cw) >= size else "bilinear")
-        if rng.random() < 0.5:
-            window = window.flip(-1)
-        batch.append(window.clamp(0, 1))
-    return torch.stack(batch)
+def bracket5_window(n: int, reference: int) -> tuple[int, int]:
+    """``(start, reference_in_window)`` of the 5 frames around ``reference`` kept inside a bracket of ``n``."""
+    start = max(0, min(reference - 2, n - 5))
+    return start, reference - start
 
 
 @dataclass
 class Validation:
-    """Held-back scenes scored each epoch (until the bracket-5 evaluation takes over: same protocol)."""
+    """Held-back scenes scored after every epoch with the bracket-5 protocol: the 5 frames around the one
+    nearest mid-grey; PSNR of corrected non-reference frames to the reference frame, PSNR of corrected frames
+    to the input frames' fusion, and cross-exposure consistency (mean pairwise PSNR of corrected frames)."""
 
-    brackets: list[torch.Tensor]  # each (5, 3, H, W), darkest first
+    brackets: list[torch.Tensor]  # each (<= 5, 3, H, W) float, darkest first
     references: list[int]
+
+    @classmethod
+    def from_set(cls, validation: ValidationSet) -> "Validation":
+        brackets, references = [], []
+        for item in validation:
+            start, ref = bracket5_window(len(item.frames), item.reference)
+            brackets.append(item.frames[start : start + 5])
+            references.append(ref)
+        return cls(brackets, references)
 
     @torch.no_grad()
     def score(self, model, preset: str) -> dict[str, float]:
@@ -222,13 +172,12 @@ class Validation:
         to_ref, to_label, consistency = [], [], []
         device = next(model.parameters()).device
         for frames, ref in zip(self.brackets, self.references):
-            frames = frames.to(device).float() / 255
+            frames = frames.to(device)
             corrected = torch.cat([model(f[None])["output"] for f in frames])
             label = fusion.fuse(frames, preset=preset).clamp(0, 1)
-            others = [i for i in range(len(frames)) if i != ref]
-            to_ref += [psnr(corrected[i], frames[ref]) for i in others]
-            to_label += [psnr(corrected[i], label) for i in range(len(frames))]
             n = len(corrected)
+            to_ref += [psnr(corrected[i], frames[ref]) for i in range(n) if i != ref]
+            to_label += [psnr(corrected[i], label) for i in range(n)]
             consistency += [psnr(corrected[i], corrected[j]) for i in range(n) for j in range(i + 1, n)]
         model.train()
         return {
@@ -236,17 +185,6 @@ class Validation:
             "val_psnr_label": float(np.mean(to_label)),
             "val_consistency": float(np.mean(consistency)),
         }
-
-
-def build_validation(records: list[BracketRecord]) -> Validation:
-    brackets, refs = [], []
-    for record in records:
-        n, ref = len(record.frames), record.reference
-        start = max(0, min(ref - 2, n - 5))
-        window = record.frames[start : start + 5]
-        brackets.append(window)
-        refs.append(ref - start)
-    return Validation(brackets, refs)
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -268,22 +206,29 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         raise LoopExposeError(f"unknown fusion preset {fcfg['preset']!r} (known: {', '.join(fusion.PRESETS)})")
 
     # --- data: every bracket decoded once, resized, kept in memory as uint8
-    roots = [Path(r) if Path(r).is_absolute() else data_root() / r for r in dcfg["roots"]]
-    records = load_records(roots, max_side=max(dcfg["max_side"], dcfg["val_max_side"]))
-    train_records, val_records = split_records(records, dcfg["val_fraction"])
-    train_records = [r.resized(dcfg["max_side"]) for r in train_records]
-    val_records = [r.resized(dcfg["val_max_side"]) for r in val_records]
-    if not train_records:
-        raise LoopExposeError("no training brackets found under " + ", ".join(map(str, roots)))
-    validation = build_validation(val_records) if val_records else None
-    console.print(f"data: {len(train_records)} training and {len(val_records)} validation brackets from {len(roots)} roots")
+    brackets = scan_brackets(resolve_roots(dcfg["roots"]), min_frames=2)
+    train_brackets, val_brackets = split_scenes(brackets, dcfg["val_fraction"], dcfg["val_scenes"] or None)
+    dataset = BracketDataset(
+        train_brackets,
+        k_range=tuple(dcfg["window"]),
+        crop=dcfg["crop"],
+        max_side=dcfg["max_side"],
+        seed=config["seed"],
+        around_reference=True,
+        crop_scale=tuple(dcfg["crop_scale"]),
+    )
+    dataset.preload()
+    sampler = BucketBatchSampler(dataset, tcfg["brackets_per_step"], shuffle=True, drop_last=True)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_brackets, num_workers=0)
+    validation = Validation.from_set(ValidationSet(val_brackets, max_side=dcfg["val_max_side"])) if val_brackets else None
+    console.print(f"data: {len(train_brackets)} training and {len(val_brackets)} validation brackets")
 
     # --- model and optimiser
     model = create(config["model"]["arch"], config["model"].get("config")).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     epochs = tcfg["warmup_epochs"] + tcfg["feedback_epochs"]
-    per_step = tcfg["brackets_per_step"]
-    steps_per_epoch = max(1, len(train_records) // per_step)
+    sampler.set_epoch(0)
+    steps_per_epoch = len(sampler)  # about len(train) / brackets_per_step; varies slightly with the k buckets
     total_steps = epochs * steps_per_epoch
     start_epoch, best, history = 0, -math.inf, []
     if resume and (out / "last.safetensors").is_file():
@@ -294,8 +239,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     started = time.time()
     for epoch in range(start_epoch, epochs):
         feedback = epoch >= tcfg["warmup_epochs"]  # the nested loop: warm-up, then self-reinforcing feedback
-        rng = np.random.default_rng([config["seed"], epoch])
-        order = rng.permutation(len(train_records))
+        sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
         model.train()
         with Progress(
@@ -303,14 +247,12 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
             BarColumn(), TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=console, transient=True,
         ) as progress:  # fmt: skip
-            task = progress.add_task("train", total=steps_per_epoch, losses="")
-            for step in range(steps_per_epoch):
-                global_step = epoch * steps_per_epoch + step
+            task = progress.add_task("train", total=len(sampler), losses="")
+            for step, batch in enumerate(loader):
+                global_step = min(epoch * steps_per_epoch + step, total_steps - 1)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(global_step, total_steps, tcfg)
-                k = int(rng.integers(dcfg["window"][0], dcfg["window"][1] + 1))
-                picks = order[step * per_step : (step + 1) * per_step].tolist()
-                frames = sample_batch(train_records, picks, k, dcfg["crop"], rng).to(device)
+                frames = batch["frames"].to(device)  # (B, k, 3, crop, crop), darkest first
                 b = frames.shape[0]
 
                 result = model(frames.flatten(0, 1))  # upper level: correct every frame on its own
@@ -335,7 +277,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
                 progress.update(task, advance=1, losses=" ".join(f"{n} {v / (step + 1):.4f}" for n, v in sums.items()))
 
         row = {"epoch": epoch + 1, "stage": "feedback" if feedback else "warmup", "lr": optimizer.param_groups[0]["lr"]}
-        row.update({name: value / steps_per_epoch for name, value in sums.items()})
+        row.update({name: value / (step + 1) for name, value in sums.items()})
         if validation is not None:
             row.update(validation.score(model, fcfg["preset"]))
         row["seconds"] = round(time.time() - started, 1)

@@ -1,13 +1,108 @@
-"""``loopexpose demo``: the main job on an embedded default (filled in once the model lands)."""
+"""``loopexpose demo``: the main job on an embedded default, with nothing to download.
 
+Renders a 5-frame bracket (-2..+2 EV) from a photo that ships with scikit-image, corrects every frame with
+the bundled default model, fuses the corrected frames (the LoopExpose MEF result) and, for comparison, the
+input frames (plain Mertens), and writes everything plus one side-by-side comparison PNG.
+"""
+
+from __future__ import annotations
+
+import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+import torch
 import typer
+from rich.console import Console
 
 from loopexpose.cli.app import app
 
+EVS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
+
+
+def render_bracket(photo: str = "coffee", evs: tuple[float, ...] = EVS) -> torch.Tensor:
+    """``(len(evs), 3, H, W)`` frames in [0, 1]: a scikit-image photo linearised, scaled by ``2**ev``, clipped
+    at white and sRGB-encoded again (see :func:`loopexpose.synth.render_exposure`)."""
+    from skimage import data
+
+    from loopexpose.synth import render_exposure, srgb_to_linear
+
+    if photo not in PHOTOS:
+        raise typer.BadParameter(f"choose one of {', '.join(PHOTOS)}", param_hint="--photo")
+    pixels = getattr(data, photo)()
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    linear = srgb_to_linear(torch.from_numpy(pixels[:, :, :3].astype(np.float32) / 255).permute(2, 0, 1))
+    return torch.stack([render_exposure(linear, ev) for ev in evs])
+
+
+def comparison_sheet(rows: list[tuple[str, list[np.ndarray], list[str]]], tile_height: int = 200) -> np.ndarray:
+    """Labelled rows of ``(H, W, 3)`` float images in [0, 1] -> one uint8 RGB sheet."""
+    rendered = []
+    for title, images, labels in rows:
+        tiles = []
+        for image, label in zip(images, labels):
+            scale = tile_height / image.shape[0]
+            tile = cv2.resize(image, (round(image.shape[1] * scale), tile_height), interpolation=cv2.INTER_AREA)
+            tile = (np.clip(tile, 0, 1) * 255 + 0.5).astype(np.uint8)
+            band = np.full((24, tile.shape[1], 3), 255, np.uint8)
+            cv2.putText(band, label, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+            tiles.append(np.concatenate([band, tile]))
+            tiles.append(np.full((tile_height + 24, 4, 3), 255, np.uint8))
+        row = np.concatenate(tiles[:-1], axis=1)
+        head = np.full((26, row.shape[1], 3), 235, np.uint8)
+        cv2.putText(head, title, (4, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        rendered.append(np.concatenate([head, row]))
+    width = max(r.shape[1] for r in rendered)
+    rendered = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rendered]
+    return np.concatenate(rendered)
+
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder.")) -> None:
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
+    photo: str = typer.Option("coffee", help=f"scikit-image photo: {', '.join(PHOTOS)}."),
+    model: str = typer.Option("default", "--model", "-m", help="Bundled model name or .safetensors file."),
+    preset: str = typer.Option("opencv", help="Fusion preset: opencv (1,1,0) or mertens (1,1,1)."),
+) -> None:
     """Render a bracket from a scikit-image photo, correct every frame, fuse, and write a comparison."""
-    raise typer.Exit(0)
+    from loopexpose import fusion
+    from loopexpose.io import to_numpy, write_image
+    from loopexpose.models import load
+
+    console = Console()
+    frames = render_bracket(photo)
+    corrector = load(model)
+    started = time.perf_counter()
+    corrected = torch.stack([corrector.correct(frame) for frame in frames])
+    seconds = time.perf_counter() - started
+    fused_inputs = fusion.fuse(frames, preset=preset).clamp(0, 1)
+    fused_corrected = fusion.fuse(corrected, preset=preset).clamp(0, 1)
+
+    out.mkdir(parents=True, exist_ok=True)
+    labels = [f"EV {ev:+g}" for ev in EVS]
+    for ev, frame, fixed in zip(EVS, frames, corrected):
+        tag = f"{'N' if ev < 0 else 'P'}{abs(ev):g}" if ev else "0"
+        write_image(out / f"input_{tag}.png", to_numpy(frame))
+        write_image(out / f"corrected_{tag}.png", to_numpy(fixed))
+    write_image(out / "fused_inputs_mertens.png", to_numpy(fused_inputs))
+    write_image(out / "fused_corrected_loopexpose.png", to_numpy(fused_corrected))
+    sheet = comparison_sheet(
+        [
+            ("Input bracket (rendered from scikit-image's '" + photo + "')", [to_numpy(f) for f in frames], labels),
+            (f"Corrected by model '{model}', each frame on its own", [to_numpy(f) for f in corrected], labels),
+            (
+                "Fusion",
+                [to_numpy(fused_inputs), to_numpy(fused_corrected)],
+                ["Mertens of inputs", "Mertens of corrected (LoopExpose MEF)"],
+            ),
+        ]
+    )
+    write_image(out / "comparison.png", sheet.astype(np.float32) / 255)
+    mean = lambda t: float(t.mean())  # noqa: E731
+    console.print(f"corrected {len(frames)} frames of {frames.shape[-1]}x{frames.shape[-2]} in {seconds:.2f} s")
+    console.print("mean level before: " + ", ".join(f"{mean(f):.2f}" for f in frames))
+    console.print("mean level after:  " + ", ".join(f"{mean(f):.2f}" for f in corrected))
+    console.print(f"wrote {out}/comparison.png and {2 * len(frames) + 2} images")

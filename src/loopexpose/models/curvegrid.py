@@ -35,7 +35,7 @@ from loopexpose.models.registry import register
 class CurveGridConfig:
     """Architecture settings (stored in every checkpoint)."""
 
-    thumb: int = 256  # side of the square thumbnail the network sees
+    thumb: int = 128  # side of the square thumbnail the network sees
     width: int = 16  # channels after the first layer (doubled per stride-2 layer, capped at 4x)
     grid: int = 16  # spatial cells of the bilateral grid per side
     bins: int = 8  # luminance bins of the bilateral grid

@@ -1,0 +1,28 @@
+"""``loopexpose train``: train a model from a TOML config (LoopExpose's nested loop, or the semantic model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from loopexpose.cli.app import app
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(Path("configs/default.toml"), "--config", "-c", help="TOML config (see configs/)."),
+    device: str = typer.Option("cpu", "--device", "-d", help="cpu, cuda, cuda:N or auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT_DIR/last.safetensors if present."),
+    out_dir: Path = typer.Option(None, "--out-dir", "-o", help="Overrides the config's out_dir."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = torch's default)."),
+) -> None:
+    """Train a correction model; writes logs, curves and best/last checkpoints to the run folder."""
+    import torch
+
+    from loopexpose.train import load_config, run
+
+    if threads:
+        torch.set_num_threads(threads)
+    best = run(load_config(config), device=device, resume=resume, out_dir=out_dir)
+    typer.echo(f"best checkpoint: {best}")
