@@ -646,7 +646,8 @@ def summary_table(results: EvalResults, collection: str | None = None) -> tuple[
 
 
 def baseline_findings(results: EvalResults) -> list[str]:
-    """Sentences saying where a simple baseline is best or within reach of the best non-baseline method."""
+    """Sentences saying, per metric, whether the best simple baseline (other than identity) beats the best
+    other correction (SEC) method, or by how much it loses."""
     summary = results.summary()
     kinds = {m["name"]: m for m in results.methods}
     lines = []
@@ -656,7 +657,9 @@ def baseline_findings(results: EvalResults) -> list[str]:
         sign = -1 if metric in LOWER_IS_BETTER else 1
         scored = {m: s[metric] for m, s in summary.items() if metric in s}
         simple = {m: v for m, v in scored.items() if kinds[m]["baseline"] and m != "identity"}
-        others = {m: v for m, v in scored.items() if not kinds[m]["baseline"]}
+        # Compare like with like: baselines correct frames, so they face the other SEC methods (models); on
+        # MEF-SSIM a fused image is a different thing from a corrected frame.
+        others = {m: v for m, v in scored.items() if not kinds[m]["baseline"] and kinds[m]["kind"] == SEC}
         if not simple:
             continue
         best_simple = max(simple, key=lambda m: sign * simple[m])
