@@ -13,3 +13,13 @@ def load(spec="default", device="cpu"):
     from loopexpose.models import load as _load
 
     return _load(spec, device)
+
+
+def fuse(frames, model=None, preset="opencv", device=None):
+    """Mertens fusion of one bracket; with a ``model`` every frame is corrected first (the LoopExpose MEF result).
+
+    See :func:`loopexpose.api.fuse` for the accepted inputs (tensors, arrays, PIL images, files, a folder).
+    """
+    from loopexpose.api import fuse as _fuse
+
+    return _fuse(frames, model=model, preset=preset, device=device)

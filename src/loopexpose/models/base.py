@@ -88,6 +88,18 @@ class ExposureModel(nn.Module):
                 scale = max_side / max(h, w)
                 size = (max(1, round(h * scale)), max(1, round(w * scale)))
                 x = torch.nn.functional.interpolate(x, size=size, mode="area")
-            outputs.append(self(x)["output"][0])
+            outputs.append(self._correct_frame(x))
         out = torch.stack(outputs).to(image.device, image.dtype if image.is_floating_point() else torch.float32)
         return out.reshape(*lead, *out.shape[-3:])
+
+    def _correct_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """``(1, 3, H, W)`` in [0, 1] on the model's device -> ``(3, H, W)``.
+
+        On the CPU a model with its own :meth:`correct_array` (a tiled fast path) gets the frame through it, so
+        tensors enjoy the same speed and bounded memory as arrays (a whole-frame :meth:`forward` at 12 MP
+        allocates gigabytes); float frames are rounded to 16 bits on that path.
+        """
+        if x.device.type == "cpu" and type(self).correct_array is not ExposureModel.correct_array:
+            pixels = x[0].permute(1, 2, 0).contiguous().numpy()
+            return torch.from_numpy(self.correct_array(pixels)).permute(2, 0, 1)
+        return self(x)["output"][0]

@@ -1,0 +1,146 @@
+"""The top-level Python API: ``loopexpose.load`` (a correction model) and ``loopexpose.fuse`` (exposure fusion,
+optionally of corrected frames: the LoopExpose multi-exposure-fusion result).
+
+>>> import numpy as np, torch, loopexpose
+>>> frames = torch.linspace(0.2, 0.8, 3).view(3, 1, 1, 1).expand(3, 3, 16, 24)  # a tiny 3-frame bracket
+>>> loopexpose.fuse(frames).shape
+torch.Size([3, 16, 24])
+>>> loopexpose.fuse([np.full((16, 24, 3), v, np.uint8) for v in (40, 120, 220)]).dtype
+dtype('uint8')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopexpose.errors import LoopExposeError
+
+
+def fuse(
+    frames,
+    model=None,
+    preset: str = "opencv",
+    device: str | torch.device | None = None,
+):
+    """Mertens exposure fusion of one bracket; with a ``model``, every frame is corrected first.
+
+    Correcting every frame with the LoopExpose network and fusing the corrected frames is the paper's
+    multi-exposure-fusion (MEF) result; without a model this is plain Mertens fusion.
+
+    Args:
+        frames: one bracket, as any of
+            - a tensor ``(N, 3, H, W)`` (or a batch ``(B, N, 3, H, W)``) in ``[0, 1]``;
+            - a sequence of numpy arrays ``(H, W, 3)`` (uint8, uint16 or float in ``[0, 1]``), or of PIL images,
+              all of one size, in any order of exposure (fusion does not depend on the order);
+            - a scene folder, or a sequence of image file paths of one scene (read with
+              :func:`loopexpose.io.load_bracket`, ordered darkest first).
+        model: ``None`` (no correction), a model from :func:`loopexpose.load`, a bundled model name or a
+            ``.safetensors`` path (loaded on ``device``), or any callable mapping ``(N, 3, H, W)`` frames in
+            ``[0, 1]`` to corrected frames of the same shape.
+        preset: fusion weights, ``"opencv"`` (``cv2.createMergeMertens()`` defaults, as LoopExpose uses) or
+            ``"mertens"`` (also well-exposedness), see :data:`loopexpose.fusion.PRESETS`.
+        device: where to fuse (default: the tensor's device, else the model's, else the CPU).
+
+    Returns:
+        The fused image clipped to ``[0, 1]``, of the kind given: a tensor ``(3, H, W)`` (``(B, 3, H, W)`` for a
+        batch) for tensors; an ``(H, W, 3)`` array of the frames' dtype for arrays; a PIL RGB image for PIL
+        images; an ``(H, W, 3)`` float32 array in ``[0, 1]`` for files and folders (ready for
+        :func:`loopexpose.io.write_image`).
+
+    Raises:
+        LoopExposeError: unreadable files, frames of different sizes, an unknown model or preset.
+    """
+    from loopexpose import fusion, io
+
+    if preset not in fusion.PRESETS:
+        raise LoopExposeError(f"unknown fusion preset {preset!r} (choose one of {', '.join(sorted(fusion.PRESETS))})")
+    kind, tensor = _as_bracket(frames)
+    if isinstance(model, (str, os.PathLike)):
+        from loopexpose.models import load
+
+        model = load(model, device or "cpu")
+    if device is not None:
+        from loopexpose.models import resolve_device
+
+        tensor = tensor.to(resolve_device(device))
+    elif kind != "tensor" and model is not None and isinstance(model, torch.nn.Module):
+        tensor = tensor.to(next(model.parameters()).device)
+    corrector = _corrector(model)
+    with torch.no_grad():
+        if corrector is not None:
+            tensor = fusion.correct_frames(tensor, corrector)
+        fused = fusion.fuse(tensor, preset=preset).clamp_(0, 1)
+    if kind == "tensor":
+        return fused.to(frames.dtype) if frames.is_floating_point() else fused
+    pixels = io.to_numpy(fused)
+    if kind == "files":
+        return pixels
+    dtype = np.dtype(np.uint8) if kind == "pil" else np.asarray(frames[0]).dtype
+    if dtype in (np.uint8, np.uint16):
+        top = 255 if dtype == np.uint8 else 65535
+        pixels = (pixels * np.float32(top) + np.float32(0.5)).astype(dtype)
+    else:
+        pixels = pixels.astype(dtype)
+    if kind == "pil":
+        from PIL import Image
+
+        return Image.fromarray(pixels, mode="RGB")
+    return pixels
+
+
+def _corrector(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A function ``(N, 3, H, W) -> (N, 3, H, W)`` from a model (its ``correct``, which is tiled on the CPU and
+    never depends on the batch) or a plain callable; ``None`` for no model."""
+    if model is None:
+        return None
+    correct = getattr(model, "correct", None)
+    if correct is not None:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return correct(x)
+
+        run.device = getattr(model, "device", None)  # fusion.correct_frames sends the frames there
+        return run
+    if callable(model):
+        return model
+    raise LoopExposeError(f"model must be a loopexpose model, a model name or path, or a callable; got {type(model).__name__}")
+
+
+def _as_bracket(frames) -> tuple[str, torch.Tensor]:
+    """``(kind, (N, 3, H, W) float32 tensor in [0, 1])`` from any input :func:`fuse` accepts."""
+    from loopexpose import io
+
+    if isinstance(frames, torch.Tensor):
+        if frames.ndim not in (4, 5) or frames.shape[-3] != 3:
+            raise LoopExposeError(f"expected frames shaped (N, 3, H, W) or (B, N, 3, H, W), got {tuple(frames.shape)}")
+        return "tensor", frames if frames.is_floating_point() else frames.float()
+    if isinstance(frames, (str, os.PathLike)):
+        return "files", io.load_bracket(Path(frames))
+    if not isinstance(frames, Sequence) or isinstance(frames, (bytes, np.ndarray)) or len(frames) == 0:
+        raise LoopExposeError(
+            "frames must be a tensor (N, 3, H, W), a list of arrays, PIL images or files, or a scene folder"
+        )
+    first = frames[0]
+    if isinstance(first, (str, os.PathLike)):
+        paths = [Path(p) for p in frames]
+        return "files", io.load_bracket(io.order_bracket(paths[0].parent, paths))
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a core dependency
+        Image = None
+    if Image is not None and isinstance(first, Image.Image):
+        arrays = [np.asarray(frame.convert("RGB")) for frame in frames]
+        kind = "pil"
+    else:
+        arrays = [np.asarray(frame) for frame in frames]
+        kind = "numpy"
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 3 or arrays[0].shape[2] != 3:
+        raise LoopExposeError(f"frames must all be (H, W, 3) arrays of one size, got shapes {sorted(shapes)}")
+    scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(arrays[0].dtype, 1.0)
+    stack = np.stack(arrays).astype(np.float32) * np.float32(scale)
+    return kind, torch.from_numpy(np.clip(stack, 0, 1).transpose(0, 3, 1, 2).copy())
