@@ -67,6 +67,10 @@ def fuse(
     max_side: int = typer.Option(0, help="Downscale frames so the long side is at most this (0: full size)."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     overwrite: bool = typer.Option(True, help="Replace existing outputs (--no-overwrite skips those scenes)."),
+    correct: bool = typer.Option(
+        False, "--correct", help="Correct every frame with --model first, then fuse them (the LoopExpose MEF result)."
+    ),
+    model: str = typer.Option("default", help="With --correct: bundled model name or a .safetensors checkpoint."),
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
 
@@ -87,6 +91,12 @@ def fuse(
     if out_bits == 16 and format == "jpg":
         raise LoopExposeError("--out-bits 16 needs --format png or tif (JPEG is 8-bit)")
     device = _device(device)
+    prepare = None
+    if correct:
+        from loopexpose.models import load
+
+        corrector = load(model, device)
+        prepare = lambda frames: fusion.correct_frames(frames, corrector.correct)  # noqa: E731
     folders = [scene for path in scenes for scene in find_scenes(path)]
     _refuse_name_clashes(folders)
 
@@ -104,7 +114,9 @@ def fuse(
                 skipped += 1
             else:
                 try:
-                    fuse_scene(folder, target, preset=preset, bits=out_bits, device=device, max_side=max_side)
+                    fuse_scene(
+                        folder, target, preset=preset, bits=out_bits, device=device, max_side=max_side, prepare=prepare
+                    )
                     written += 1
                 except LoopExposeError as exc:
                     failed += 1
