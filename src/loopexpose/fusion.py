@@ -27,10 +27,19 @@ Two presets (:data:`PRESETS`): ``"mertens"`` (1, 1, 1), the paper's, and ``"open
 of ``cv2.createMergeMertens()``, which ignore well-exposedness. The output is NOT clipped: the Laplacian blend
 can over- or undershoot ``[0, 1]`` by a few percent near strong edges, exactly as OpenCV's does; callers clamp.
 
-Memory: quality weights are computed for the whole bracket (one ``(N, 1, H, W)`` float32 map), then frames are
-blended in chunks of a few frames at a time (:data:`CHUNK_PIXELS`), so the peak is about the input plus
-``8 x H x W x 4`` bytes of pyramid per frame in the chunk and the result pyramid, not N whole pyramids. Fusing
-9 frames of 24 megapixels peaks at about the figure recorded in ``docs/benchmarks.md``.
+Two code paths, same numbers (to float rounding; tests check both against OpenCV):
+
+* CPU, float32/64, no autograd (inference, pseudo-labels): OpenCV's SIMD ``pyrDown``/``pyrUp``/``Laplacian``
+  on each plane plus in-place torch arithmetic, one bracket and one frame at a time through reused pyramid
+  buffers; weights in cache-sized strips of rows. Memory: the input, the output, and per worker thread one
+  bracket's weights plus ~5 x H x W floats per channel of pyramids: 9 frames of 24 megapixels (2.4 GiB of
+  input) peak at 4.3 GiB resident for the whole process (``bench/fusion.py``, ``docs/benchmarks.md``).
+* Everything else (CUDA, half precision, or when gradients are recorded): pure torch, differentiable,
+  all frames of a chunk at once (:data:`CHUNK_PIXELS` frames x pixels per chunk bounds the pyramids).
+
+Differences from OpenCV that remain are float rounding (the 1/255 scaling, the order of sums), amplified
+where every frame is flat (contrast x saturation near 0 everywhere): there the normalised weights are ratios
+of tiny numbers, and OpenCV fed the same 8-bit frames as uint8 and as float x 255 disagrees with itself as much.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -481,18 +491,33 @@ def blend_pyramids(
     return blended
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
 @contextlib.contextmanager
 def _cpu_threads():
-    """Run the block with :data:`CPU_THREADS` torch threads, restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    if CPU_THREADS is None or CPU_THREADS == previous:
+    """Run the block with :data:`CPU_THREADS` torch threads and restore the caller's count afterwards.
+
+    Counted, so that overlapping calls from several threads restore the count the first one found.
+    """
+    global _threads_users, _threads_saved
+    if CPU_THREADS is None:
         yield
         return
-    torch.set_num_threads(CPU_THREADS)
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(CPU_THREADS)
+        _threads_users += 1
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 def _pyramid_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
