@@ -8,6 +8,10 @@ supervised by its bracket's label, and the Luminance Ranking Loss orders the per
 exposure.
 
     configure -> data -> model -> for epoch: (warm-up | feedback) steps -> validate -> log -> checkpoint
+
+The same loop runs on N processes under ``torchrun`` (see :mod:`loopexpose.distributed` and docs/training.md):
+each rank trains on its slice of every global batch, DistributedDataParallel averages the gradients, rank 0
+alone prints, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import copy
 import csv
 import json
 import math
+import os
 import time
 import tomllib
 from dataclasses import dataclass
@@ -30,12 +35,12 @@ from safetensors.torch import load_file, save
 from kornia.metrics import psnr as _psnr
 from torch.utils.data import DataLoader
 
-from loopexpose import fusion
+from loopexpose import distributed, fusion
 from loopexpose.errors import LoopExposeError
 from loopexpose.data import BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, split_scenes
 from loopexpose.io import atomic_write_bytes
 from loopexpose.losses import l1_loss, luminance_ranking_loss, ssim_loss
-from loopexpose.models import create, load, resolve_device, save as save_model
+from loopexpose.models import create, load, save as save_model
 from loopexpose.paths import data_root
 
 DEFAULTS: dict = {
@@ -65,6 +70,8 @@ DEFAULTS: dict = {
     },
     "loss": {"l1": 1.0, "ssim": 0.5, "ranking": 0.1, "ranking_margin": 0.1, "ranking_reduction": "mean"},
     "fusion": {"preset": "opencv", "feedback": "corrected+inputs"},
+    # speed settings used on CUDA only; CPU runs ignore them (float32, in-process loading, bit-for-bit repeatable)
+    "cuda": {"amp": True, "channels_last": True, "compile": False, "workers": 4},
 }
 
 
@@ -195,13 +202,17 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     if config.get("method", "loopexpose") == "semantic":
         from loopexpose.semantics.train import run as run_semantic
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise LoopExposeError("the semantic trainer runs in one process; start it without torchrun")
         return run_semantic(config, device=device, resume=resume, out_dir=Path(out_dir or config["out_dir"]))
-    console = Console(quiet=quiet)
-    dcfg, tcfg, lcfg, fcfg = config["data"], config["train"], config["loss"], config["fusion"]
+    dcfg, tcfg, lcfg, fcfg, ccfg = config["data"], config["train"], config["loss"], config["fusion"], config.get("cuda", DEFAULTS["cuda"])
+    ctx = distributed.setup(device)  # under torchrun: join the process group, one device per rank
+    device, cuda = ctx.device, ctx.device.type == "cuda"
+    console = Console(quiet=quiet or not ctx.is_main)  # rank 0 alone prints, logs and writes checkpoints
     out = Path(out_dir or config["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
-    torch.manual_seed(config["seed"])
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config["seed"])  # the same initial weights on every rank
     if fcfg["preset"] not in fusion.PRESETS:
         raise LoopExposeError(f"unknown fusion preset {fcfg['preset']!r} (known: {', '.join(fusion.PRESETS)})")
 
@@ -218,13 +229,25 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         crop_scale=tuple(dcfg["crop_scale"]),
     )
     dataset.preload()
+    # global batches of equal k, the same on every rank (seeded by (seed, epoch)); each rank takes its slice
     sampler = BucketBatchSampler(dataset, tcfg["brackets_per_step"], shuffle=True, drop_last=True)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_brackets, num_workers=0)
-    validation = Validation.from_set(ValidationSet(val_brackets, max_side=dcfg["val_max_side"])) if val_brackets else None
+    shard = distributed.ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
+    workers = ccfg["workers"] if cuda else 0  # workers fork after preload() and share the decoded frames
+    loader = DataLoader(
+        dataset, batch_sampler=shard, collate_fn=collate_brackets,
+        num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
+    )  # fmt: skip
+    validation = None
+    if val_brackets and ctx.is_main:
+        validation = Validation.from_set(ValidationSet(val_brackets, max_side=dcfg["val_max_side"]))
     console.print(f"data: {len(train_brackets)} training and {len(val_brackets)} validation brackets")
+    if ctx.distributed:
+        console.print(f"{ctx.world_size} ranks, {tcfg['brackets_per_step'] // ctx.world_size} brackets each per step")
 
     # --- model and optimiser
-    model = create(config["model"]["arch"], config["model"].get("config")).to(device)
+    channels_last = cuda and ccfg["channels_last"]
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    model = create(config["model"]["arch"], config["model"].get("config")).to(device, memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     epochs = tcfg["warmup_epochs"] + tcfg["feedback_epochs"]
     sampler.set_epoch(0)
@@ -235,6 +258,14 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         start_epoch, best, history = _resume(out, model, optimizer, device)
         console.print(f"resumed from {out / 'last.safetensors'} at epoch {start_epoch}")
     console.print(f"model: {model.arch}, {sum(p.numel() for p in model.parameters()):,} parameters; {epochs} epochs x {steps_per_epoch} steps on {device}")
+    # CUDA speed: mixed precision for the network (bf16, or fp16 with loss scaling), TF32, optional compile
+    amp_dtype = distributed.autocast_dtype(device, ccfg["amp"])
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    net = torch.compile(model) if cuda and ccfg["compile"] else model
+    net = distributed.wrap(net, ctx)  # DDP with several ranks: averages gradients in backward()
+    torch.manual_seed(config["seed"] + ctx.rank)  # per-rank stream for any randomness inside a step
 
     started = time.time()
     for epoch in range(start_epoch, epochs):
@@ -252,32 +283,39 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
                 global_step = min(epoch * steps_per_epoch + step, total_steps - 1)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(global_step, total_steps, tcfg)
-                frames = batch["frames"].to(device)  # (B, k, 3, crop, crop), darkest first
+                frames = batch["frames"].to(device, non_blocking=True)  # (B, k, 3, crop, crop), darkest first
                 b = frames.shape[0]
 
-                result = model(frames.flatten(0, 1))  # upper level: correct every frame on its own
-                corrected = result["output"].view_as(frames)
+                flat = frames.flatten(0, 1)
+                with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
+                    result = net(flat.contiguous(memory_format=torch.channels_last) if channels_last else flat)
+                corrected = result["output"].float().reshape(frames.shape)  # upper level: every frame on its own
+                # lower level, on this rank's device, one batched float32 fusion for the rank's brackets
                 label = pseudo_label(frames, fcfg["preset"], corrected.detach() if feedback else None, fcfg["feedback"])
                 target = label[:, None].expand_as(corrected)
                 terms = {
                     "l1": l1_loss(corrected, target),
                     "ssim": ssim_loss(corrected, target),
                     "ranking": luminance_ranking_loss(
-                        result["luminance"].view(b, -1), lcfg["ranking_margin"], lcfg["ranking_reduction"]
+                        result["luminance"].float().view(b, -1), lcfg["ranking_margin"], lcfg["ranking_reduction"]
                     ),
                 }
                 loss = sum(lcfg[name] * value for name, value in terms.items())
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()  # with DDP the gradients arrive averaged over ranks
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
 
                 for name, value in {"loss": loss, **terms}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                progress.update(task, advance=1, losses=" ".join(f"{n} {v / (step + 1):.4f}" for n, v in sums.items()))
+                    sums[name] = sums.get(name, 0.0) + value.detach().double()  # no GPU sync per step
+                if step % 10 == 0:  # refreshing the text syncs with the GPU
+                    progress.update(task, losses=" ".join(f"{n} {float(v) / (step + 1):.4f}" for n, v in sums.items()))
+                progress.update(task, advance=1)
 
         row = {"epoch": epoch + 1, "stage": "feedback" if feedback else "warmup", "lr": optimizer.param_groups[0]["lr"]}
-        row.update({name: value / (step + 1) for name, value in sums.items()})
+        row.update(distributed.average({name: float(value) / (step + 1) for name, value in sums.items()}, ctx))
         if validation is not None:
             row.update(validation.score(model, fcfg["preset"]))
         row["seconds"] = round(time.time() - started, 1)
@@ -285,10 +323,16 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         score = row.get("val_psnr_ref", -row["loss"])
         is_best = score > best
         best = max(best, score)
-        _save(out, model, optimizer, config, row, history, best, is_best)
+        if ctx.is_main:
+            _save(out, model, optimizer, config, row, history, best, is_best)
         console.print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()) + (" *" if is_best else ""))
-    plot_curves(history, out / "curves.png")
+    digests = distributed.assert_in_sync(model, ctx)  # DDP must leave every rank with the same weights
+    if ctx.distributed:
+        console.print(f"weights identical on all {ctx.world_size} ranks (digest {digests[0]:016x})")
+    if ctx.is_main:
+        plot_curves(history, out / "curves.png")
     console.print(f"done in {time.time() - started:.0f} s; best checkpoint {out / 'best.safetensors'}")
+    distributed.teardown(ctx)
     return out / "best.safetensors"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -25,4 +26,5 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     best = run(load_config(config), device=device, resume=resume, out_dir=out_dir)
-    typer.echo(f"best checkpoint: {best}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        typer.echo(f"best checkpoint: {best}")
