@@ -73,6 +73,8 @@ def expand_inputs(paths: list[str], recursive: bool = False, exclude: Path | Non
     for text in paths:
         path = Path(text)
         if path.is_dir():
+            # an output folder inside the scanned folder holds earlier results: leave them out
+            inner = excluded if excluded is not None and path.resolve() in excluded.parents else None
             walker = path.rglob("*") if recursive else path.iterdir()
             found = []
             for candidate in walker:
@@ -81,7 +83,7 @@ def expand_inputs(paths: list[str], recursive: bool = False, exclude: Path | Non
                     continue
                 if candidate.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                if excluded is not None and excluded in candidate.resolve().parents:
+                if inner is not None and inner in candidate.resolve().parents:
                     continue
                 found.append((candidate, relative))
             for candidate, relative in sorted(found, key=lambda item: str(item[1])):
