@@ -318,6 +318,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         row.update(distributed.average({name: float(value) / (step + 1) for name, value in sums.items()}, ctx))
         if validation is not None:
             row.update(validation.score(model, fcfg["preset"]))
+        row["steps"] = step + 1
         row["seconds"] = round(time.time() - started, 1)
         history.append(row)
         score = row.get("val_psnr_ref", -row["loss"])
