@@ -4,6 +4,7 @@ Run from the repository root (on a quiet machine; nothing else busy)::
 
     .venv/bin/python bench/correct.py                   # 0.5, 3, 12 and 50 MP on the CPU (and CUDA if present)
     .venv/bin/python bench/correct.py --sizes 0.5,3 --repeats 3 --model path/to/model.safetensors
+    .venv/bin/python bench/correct.py --end-to-end      # also per JPEG file: decode + correct + encode + write
 
 Each case runs in a fresh child process that imports torch, loads the model, makes its input, then times
 ``model.correct(photo)`` (one warm-up, then the median of ``--repeats`` runs) and reports its peak resident
@@ -101,10 +102,37 @@ def child(megapixels: float | None, spec: str, device: str, repeats: int, thread
     return result
 
 
-def run_child(megapixels: float | None, args, device: str) -> dict:
+def end_to_end_child(megapixels: float, spec: str, device: str, repeats: int, threads: int) -> dict:
+    """Time ``loopexpose correct`` on one JPEG (quality 95): decode, correct, encode, write; in this process."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from loopexpose.cli.correct import correct_file
+    from loopexpose.io import write_image
+
+    torch.set_num_threads(threads)
+    model, description = load_model(spec, device)
+    height, width = SIZES[megapixels]
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "photo.jpg", Path(folder) / "photo_loopexpose.jpg"
+        write_image(source, make_photo(height, width), quality=95)
+        correct_file(model, source, target, None, 0, 95)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            correct_file(model, source, target, None, 0, 95)
+            times.append(time.perf_counter() - start)
+    return {"megapixels": height * width / 1e6, "size": f"{width}x{height}", "device": device,
+            "seconds": statistics.median(times), "model": description,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
+def run_child(megapixels: float | None, args, device: str, end_to_end: bool = False) -> dict:
     command = [sys.executable, __file__, "--child", "base" if megapixels is None else str(megapixels),
                "--model", args.model, "--device", device, "--repeats", str(args.repeats),
-               "--threads", str(args.threads)]  # fmt: skip
+               "--threads", str(args.threads)] + (["--end-to-end"] if end_to_end else [])  # fmt: skip
     output = subprocess.run(command, capture_output=True, text=True)
     if output.returncode != 0:
         raise SystemExit(f"child for {megapixels} MP on {device} failed:\n{output.stderr[-2000:]}")
@@ -118,10 +146,15 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="bundled name or .safetensors path")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CPU, plus CUDA when present)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine has 2 cores)")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also time `loopexpose correct` per JPEG file (decode + correct + encode + write)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         megapixels = None if args.child == "base" else float(args.child)
+        if args.end_to_end:
+            print(json.dumps(end_to_end_child(megapixels, args.model, args.device, args.repeats, args.threads)))
+            return
         print(json.dumps(child(megapixels, args.model, args.device, args.repeats, args.threads)))
         return
 
@@ -158,6 +191,15 @@ def main() -> None:
         print(f"| {row['device']} | {row['size']} | {row['megapixels']:.2f} | {row['seconds']:.3f} | "
               f"{row['megapixels'] / row['seconds']:.1f} | {row['peak_rss_mib']:.0f} | {row['above_baseline_mib']:.0f} "
               f"| {cuda} |")  # fmt: skip
+
+    if args.end_to_end:
+        print("\nend to end, one JPEG file (quality 95) through `loopexpose correct`'s correct_file:")
+        for device in devices:
+            for megapixels in sizes:
+                row = run_child(megapixels, args, device, end_to_end=True)
+                print(f"{device:4s} {row['size']:>9s}: {row['seconds']:.3f} s per file, "
+                      f"{row['megapixels'] / row['seconds']:.1f} MP/s, peak RSS {row['peak_rss_mib']:.0f} MiB",
+                      flush=True)  # fmt: skip
 
     cpu = {round(r["megapixels"]): r for r in rows if r["device"] == "cpu"}
     if 3 in cpu:
