@@ -43,7 +43,8 @@ def _photo(height=37, width=53, seed=0) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
 def test_numpy_round_trips_dtype_and_shape(model, dtype):
     photo = _photo()
-    image = (photo * np.iinfo(dtype).max + 0.5).astype(dtype) if np.issubdtype(dtype, np.integer) else photo.astype(dtype)
+    integer = np.issubdtype(dtype, np.integer)
+    image = (photo * np.iinfo(dtype).max + 0.5).astype(dtype) if integer else photo.astype(dtype)
     out = model.correct(image)
     assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == image.shape
     assert not np.array_equal(out, image)  # the model did something

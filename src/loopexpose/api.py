@@ -107,7 +107,9 @@ def _corrector(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return run
     if callable(model):
         return model
-    raise LoopExposeError(f"model must be a loopexpose model, a model name or path, or a callable; got {type(model).__name__}")
+    raise LoopExposeError(
+        f"model must be a loopexpose model, a model name or path, or a callable; got {type(model).__name__}"
+    )
 
 
 def _as_bracket(frames) -> tuple[str, torch.Tensor]:

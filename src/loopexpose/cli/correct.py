@@ -176,7 +176,7 @@ def correct_file(model, source: Path, target: Path, bits: int | None, max_side: 
 
 @app.command()
 def correct(
-    paths: list[str] = typer.Argument(..., help="Image files, folders and glob patterns (quote them to let us expand)."),
+    paths: list[str] = typer.Argument(..., help="Image files, folders and glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<name>_loopexpose.<ext> per input."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders (mirrored in OUT)."),
     model: str = typer.Option("default", help="Bundled model name ('default') or a .safetensors checkpoint."),
