@@ -51,6 +51,9 @@ def test_folder_with_a_corrupt_file_processes_the_rest(model_path, tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "b.jpg" in errors[0] and "not an image" in errors[0]
     assert not list(out.glob("*.tmp*")) and not list(out.glob(".*"))  # nothing half-written
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (out / "a_loopexpose.jpg").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
 
 
 def test_json_summary_parses(model_path, tmp_path):

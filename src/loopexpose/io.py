@@ -388,12 +388,17 @@ def _png_insert_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
 
+_UMASK = os.umask(0o022)  # os.umask can only be read by setting it: read once at import, then put it back
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write bytes to ``path`` through a temp file in the same folder and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; outputs get the usual permissions
             handle.write(payload)
         os.replace(tmp, path)
     except BaseException:
