@@ -185,3 +185,14 @@ def test_fuse_correct_is_the_loopexpose_mef_result(model_path, tmp_path):
     expected = loopexpose.fuse(scene, model=loopexpose.load(model_path))
     assert np.abs(mef - expected).max() <= 1 / 65535 + 1e-6
     assert np.abs(mef - read_image(tmp_path / "plain" / "scene.png").pixels).mean() > 0.005
+
+
+def test_exposure_estimate_is_stops_from_mid_grey():
+    from loopexpose.cli.correct import exposure_estimate
+
+    grey = np.full((8, 8, 3), 118, np.uint8)
+    estimate = exposure_estimate(grey)
+    assert estimate["mean_luma"] == pytest.approx(118 / 255, abs=1e-4) and estimate["ev"] == pytest.approx(0, abs=1e-3)
+    one_stop_down = np.full((8, 8, 3), (118 / 255) * 2 ** (-1 / 2.2), np.float32)  # half the linear light
+    assert exposure_estimate(one_stop_down)["ev"] == pytest.approx(-1, abs=1e-3)
+    assert exposure_estimate((grey.astype(np.uint16) * 257))["ev"] == pytest.approx(0, abs=1e-3)
