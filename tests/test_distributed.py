@@ -135,6 +135,12 @@ try:
     report["caught"] = False
 except LoopExposeError as exc:
     report["caught"] = "different weights" in str(exc)
+distributed.assert_same_start(3, ctx, "run")
+try:
+    distributed.assert_same_start(ctx.rank, ctx, "run")  # rank 1 found another checkpoint than rank 0
+    report["caught_start"] = False
+except LoopExposeError as exc:
+    report["caught_start"] = "different epochs [0, 1]" in str(exc)
 open(sys.argv[1] + f"/rank{ctx.rank}.json", "w").write(json.dumps(report))
 distributed.teardown(ctx)
 """
@@ -152,6 +158,7 @@ def test_helpers_on_two_gloo_processes(tmp_path):
         assert report["mean"] == pytest.approx(0.5)
         assert len(report["digests"]) == 2 and len(set(report["digests"])) == 1
         assert report["caught"], "a rank with different weights must be reported"
+        assert report["caught_start"], "ranks resuming at different epochs must be reported"
 
 
 # ------------------------------------------------------------------------------------------ real training

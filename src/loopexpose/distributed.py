@@ -13,7 +13,7 @@
   over ranks in ``backward``. The networks have no batch statistics and every loss is a mean over equal-sized
   per-rank batches, so the averaged gradient is the one-rank gradient of the whole global batch;
 * :func:`average` averages logged numbers over ranks; :func:`assert_in_sync` checks that every rank holds
-  bit-identical weights;
+  bit-identical weights, :func:`assert_same_start` that every rank resumes at the same epoch;
 * :func:`autocast_dtype` picks mixed precision on CUDA (bf16 where the GPU has it, else fp16).
 
 Randomness: data augmentation draws from per-item generators seeded by ``(seed, epoch, index)``
@@ -84,6 +84,7 @@ def setup(device: str | torch.device = "cpu") -> Context:
 def teardown(context: Context) -> None:
     """Leave the process group if :func:`setup` joined it."""
     if context.owns_group and dist.is_initialized():
+        dist.barrier()  # a rank that leaves while another still talks to it can abort the other (gloo)
         dist.destroy_process_group()
 
 
@@ -161,6 +162,30 @@ def parameter_digest(model: torch.nn.Module) -> int:
     return int.from_bytes(digest.digest()[:8], "big") >> 1
 
 
+def gather_int(value: int, context: Context) -> list[int]:
+    """Every rank's ``value`` (a signed 64-bit integer), rank 0 first; ``[value]`` with one rank."""
+    if not context.distributed:
+        return [value]
+    gathered = [torch.zeros(1, dtype=torch.int64, device=context.device) for _ in range(context.world_size)]
+    dist.all_gather(gathered, torch.tensor([value], dtype=torch.int64, device=context.device))
+    return [int(t.item()) for t in gathered]
+
+
+def assert_same_start(epoch: int, context: Context, out_dir) -> None:
+    """Check that every rank resumes at the same epoch: ``--resume`` needs the run folder (written by rank 0)
+    where every node can read it.
+
+    Raises:
+        LoopExposeError: the ranks found different checkpoints (or some none).
+    """
+    epochs = gather_int(epoch, context)
+    if len(set(epochs)) != 1:
+        raise LoopExposeError(
+            f"ranks would resume at different epochs {epochs}: put the run folder on storage every node sees",
+            out_dir,
+        )
+
+
 def assert_in_sync(model: torch.nn.Module, context: Context) -> list[int]:
     """Gather every rank's :func:`parameter_digest`; raise if they differ (DDP went wrong).
 
@@ -169,12 +194,7 @@ def assert_in_sync(model: torch.nn.Module, context: Context) -> list[int]:
     Raises:
         LoopExposeError: ranks hold different weights.
     """
-    mine = parameter_digest(model)
-    if not context.distributed:
-        return [mine]
-    gathered = [torch.zeros(1, dtype=torch.int64, device=context.device) for _ in range(context.world_size)]
-    dist.all_gather(gathered, torch.tensor([mine], dtype=torch.int64, device=context.device))
-    digests = [int(t.item()) for t in gathered]
+    digests = gather_int(parameter_digest(model), context)
     if len(set(digests)) != 1:
         raise LoopExposeError(f"ranks ended with different weights (digests {[f'{d:x}' for d in digests]})")
     return digests

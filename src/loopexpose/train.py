@@ -257,6 +257,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     if resume and (out / "last.safetensors").is_file():
         start_epoch, best, history = _resume(out, model, optimizer, device)
         console.print(f"resumed from {out / 'last.safetensors'} at epoch {start_epoch}")
+    distributed.assert_same_start(start_epoch, ctx, out)  # a multi-node resume needs out/ on shared storage
     console.print(f"model: {model.arch}, {sum(p.numel() for p in model.parameters()):,} parameters; {epochs} epochs x {steps_per_epoch} steps on {device}")
     # CUDA speed: mixed precision for the network (bf16, or fp16 with loss scaling), TF32, optional compile
     amp_dtype = distributed.autocast_dtype(device, ccfg["amp"])
