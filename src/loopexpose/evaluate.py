@@ -44,7 +44,6 @@ from loopexpose.io import (
     Bracket,
     atomic_write_bytes,
     ev_from_filename,
-    find_scenes,
     list_images,
     load_bracket,
     order_bracket,
