@@ -205,7 +205,8 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise LoopExposeError("the semantic trainer runs in one process; start it without torchrun")
         return run_semantic(config, device=device, resume=resume, out_dir=Path(out_dir or config["out_dir"]))
-    dcfg, tcfg, lcfg, fcfg, ccfg = config["data"], config["train"], config["loss"], config["fusion"], config.get("cuda", DEFAULTS["cuda"])
+    dcfg, tcfg, lcfg, fcfg = config["data"], config["train"], config["loss"], config["fusion"]
+    ccfg = config.get("cuda", DEFAULTS["cuda"])  # speed settings, used on CUDA only
     ctx = distributed.setup(device)  # under torchrun: join the process group, one device per rank
     device, cuda = ctx.device, ctx.device.type == "cuda"
     console = Console(quiet=quiet or not ctx.is_main)  # rank 0 alone prints, logs and writes checkpoints
@@ -272,7 +273,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     for epoch in range(start_epoch, epochs):
         feedback = epoch >= tcfg["warmup_epochs"]  # the nested loop: warm-up, then self-reinforcing feedback
         sampler.set_epoch(epoch)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         model.train()
         with Progress(
             TextColumn(f"epoch {epoch + 1}/{epochs} {'feedback' if feedback else 'warm-up'}"),
