@@ -84,7 +84,8 @@ def setup(device: str | torch.device = "cpu") -> Context:
 def teardown(context: Context) -> None:
     """Leave the process group if :func:`setup` joined it."""
     if context.owns_group and dist.is_initialized():
-        dist.barrier()  # a rank that leaves while another still talks to it can abort the other (gloo)
+        cuda = context.device.type == "cuda"
+        dist.barrier(device_ids=[context.device.index] if cuda else None)  # leaving early can abort a peer (gloo)
         dist.destroy_process_group()
 
 
