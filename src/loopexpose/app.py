@@ -38,7 +38,9 @@ from loopexpose.errors import LoopExposeError
 from loopexpose.io import IMAGE_SUFFIXES, REFERENCE_LUMA, luma
 
 PRESETS = ("opencv", "mertens")
-PREVIEW_SIDE = 1280  # long side of the images sent to the browser; downloads stay full resolution
+# Long side of the images sent to the browser (as PNG: lossy previews would misrepresent the result); the
+# downloads stay full resolution.
+PREVIEW_SIDE = 1280
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._()+-]+")
 
 
@@ -419,9 +421,12 @@ def build_app(demo: WebDemo):
                     )
                     model = gr.Dropdown(names, value=names[0], label="Model", elem_id="correct-model")
                     button = gr.Button("Correct", variant="primary", elem_id="correct-button")
-                    gr.Examples([[str(p)] for p in photos], inputs=[photo], label="Examples (rendered from scikit-image photos)")
+                    gr.Examples(
+                        [[str(p)] for p in photos], inputs=[photo], elem_id="correct-examples",
+                        label="Examples (scikit-image photos rendered under- and over-exposed)",
+                    )
                 with gr.Column(scale=3):
-                    slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="correct-slider", height=420)
+                    slider = gr.ImageSlider(label="Before / after", type="numpy", format="png", elem_id="correct-slider", height=420)
                     report = gr.Markdown(elem_id="correct-report")
                     download = gr.DownloadButton("Download full resolution", visible=False, elem_id="correct-download")
             button.click(run_correct, [photo, model], [slider, report, download], concurrency_limit=1)
@@ -436,18 +441,19 @@ def build_app(demo: WebDemo):
                     preset = gr.Radio(list(PRESETS), value="opencv", label="Fusion weights", elem_id="fuse-preset")
                     fuse_button = gr.Button("Fuse", variant="primary", elem_id="fuse-button")
                     gr.Examples(
-                        [[[str(p) for p in bracket]] for bracket in brackets], inputs=[files],
-                        label="Example brackets (shuffled)",
+                        [[[str(p) for p in bracket]] for bracket in brackets], inputs=[files], elem_id="fuse-examples",
+                        label="Example brackets (-2, 0, +2 EV, given shuffled)",
+                        example_labels=["coffee: EV tags in the names", "rocket: plain names, ordered by luminance"],
                     )
                 with gr.Column(scale=3):
-                    fused = gr.Image(label="Fused result", type="numpy", interactive=False, elem_id="fuse-result", height=360)
+                    fused = gr.Image(label="Fused result", type="numpy", format="png", interactive=False, elem_id="fuse-result", height=360)
                     fuse_report = gr.Markdown(elem_id="fuse-report")
                     fuse_download = gr.DownloadButton("Download fused result", visible=False, elem_id="fuse-download")
             ordered = gr.Gallery(
-                label="Frames in exposure order", columns=5, height=240, object_fit="contain", elem_id="fuse-ordered"
+                label="Frames in exposure order", columns=5, height="auto", object_fit="contain", format="png", elem_id="fuse-ordered"
             )
             corrected = gr.Gallery(
-                label="Corrected frames", columns=5, height=240, object_fit="contain", elem_id="fuse-corrected"
+                label="Corrected frames", columns=5, height="auto", object_fit="contain", format="png", elem_id="fuse-corrected"
             )
             fuse_button.click(
                 run_fuse, [files, fuse_model, preset], [ordered, corrected, fused, fuse_report, fuse_download],
