@@ -76,8 +76,12 @@ DEFAULTS: dict = {
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
-    """Read a TOML config over :data:`DEFAULTS`; unknown keys are an error (typos must not pass silently)."""
-    config = copy.deepcopy(DEFAULTS)
+    """Read a TOML config over :data:`DEFAULTS`; unknown keys are an error (typos must not pass silently).
+
+    A config with ``method = "semantic"`` is returned as written: the semantic trainer applies its own defaults
+    and checks (``loopexpose.semantics.train.merged_config``).
+    """
+    user: dict = {}
     if path is not None:
         path = Path(path)
         try:
@@ -86,7 +90,10 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
             raise LoopExposeError("no such config file", path) from None
         except tomllib.TOMLDecodeError as exc:
             raise LoopExposeError(f"invalid TOML ({exc})", path) from None
-        _merge(config, user, path, "")
+    if user.get("method") == "semantic":
+        return {"out_dir": "runs/semantic", **user, **(overrides or {})}
+    config = copy.deepcopy(DEFAULTS)
+    _merge(config, user, path, "")
     if overrides:
         _merge(config, overrides, path, "")
     return config
@@ -94,9 +101,8 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
 
 def _merge(base: dict, user: dict, path, prefix: str) -> None:
     for key, value in user.items():
-        if key not in base and not prefix.startswith("model.config") and prefix != "model.config.":
-            if not (prefix == "" and base.get("method") == "semantic"):
-                raise LoopExposeError(f"unknown config key {prefix}{key!r}", path)
+        if key not in base and prefix != "model.config.":
+            raise LoopExposeError(f"unknown config key {prefix}{key!r}", path)
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value, path, f"{prefix}{key}.")
         else:
