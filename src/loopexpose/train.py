@@ -23,7 +23,7 @@ import math
 import os
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -169,15 +169,17 @@ class Validation:
 
     brackets: list[torch.Tensor]  # each (<= 5, 3, H, W) float, darkest first
     references: list[int]
+    names: list[str] = field(default_factory=list)
 
     @classmethod
     def from_set(cls, validation: ValidationSet) -> "Validation":
-        brackets, references = [], []
+        brackets, references, names = [], [], []
         for item in validation:
             start, ref = bracket5_window(len(item.frames), item.reference)
             brackets.append(item.frames[start : start + 5])
             references.append(ref)
-        return cls(brackets, references)
+            names.append(item.scene)
+        return cls(brackets, references, names)
 
     @torch.no_grad()
     def score(self, model, preset: str) -> dict[str, float]:
@@ -340,6 +342,8 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         console.print(f"weights identical on all {ctx.world_size} ranks (digest {digests[0]:016x})")
     if ctx.is_main:
         plot_curves(history, out / "curves.png")
+        if validation is not None:
+            validation_grid(load(out / "best.safetensors", device=device), validation, out / "validation.png")
     console.print(f"done in {time.time() - started:.0f} s; best checkpoint {out / 'best.safetensors'}")
     distributed.teardown(ctx)
     return out / "best.safetensors"
@@ -401,3 +405,22 @@ def plot_curves(history: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+@torch.no_grad()
+def validation_grid(model, validation: Validation, path: Path, scenes: int = 4) -> None:
+    """Before/after sheet of the first ``scenes`` validation brackets: the 5 input frames above the model's
+    corrections of each, written as a PNG."""
+    from loopexpose.io import to_numpy, write_image
+    from loopexpose.viz import comparison_sheet
+
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for index, (frames, ref) in enumerate(zip(validation.brackets[:scenes], validation.references)):
+        corrected = torch.cat([model(f[None].to(device))["output"].cpu() for f in frames])
+        labels = [f"{i - ref:+d}" + (" (reference)" if i == ref else "") for i in range(len(frames))]
+        name = validation.names[index] if validation.names else f"scene {index}"
+        rows.append((f"{name}: input frames", [to_numpy(f) for f in frames], labels))
+        rows.append((f"{name}: corrected", [to_numpy(f) for f in corrected], labels))
+    write_image(path, comparison_sheet(rows, tile_height=140).astype(np.float32) / 255)
