@@ -141,7 +141,8 @@ def test_limits_refuse_with_clear_messages(tmp_path):
     demo = WebDemo(models={"identity": Identity()}, limits=Limits(max_upload_mb=0.05, max_megapixels=0.01),
                    workdir=tmp_path / "web")
     with pytest.raises(LoopExposeError, match=r"big\.png: file is 0\.\d MB; the limit is 0\.05 MB"):
-        demo.correct(upload(demo, np.random.default_rng(0).random((200, 200, 3), dtype=np.float32), "big.png"), "identity")
+        noise = np.random.default_rng(0).random((200, 200, 3), dtype=np.float32)  # incompressible
+        demo.correct(upload(demo, noise, "big.png"), "identity")
     with pytest.raises(LoopExposeError, match=r"wide\.png: image is 200x100 \(0\.0 MP\); the limit is 0\.01 MP"):
         demo.correct(upload(demo, np.zeros((100, 200, 3), np.float32), "wide.png"), "identity")
     fake = demo.uploads / "fake.png"
@@ -310,6 +311,15 @@ def page(server, browser):
     page.wait_for_selector("#correct-button")
     yield page
     context.close()
+
+
+@pytest.mark.slow
+def test_server_is_private(server):
+    demo, url = server
+    assert url.startswith("http://127.0.0.1:")
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert Path(os.environ["GRADIO_TEMP_DIR"]) == demo.uploads  # uploads land in the private folder
+    assert demo.workdir.stat().st_mode & 0o777 == 0o700
 
 
 def _loaded_images(page, selector: str, count: int, timeout: float = 60_000) -> list[str]:

@@ -329,7 +329,9 @@ class WebDemo:
             tag = f"{ev:+g} EV, " if ev is not None else ""
             ordered.append((_preview(frame), f"{name} ({tag}{before.ev:+.1f} EV vs grey)"))
             fixed.append((_preview(result), f"{name} corrected ({after.ev:+.1f} EV vs grey)"))
-            rows.append(f"| {name} | {before.mean_luma:.3f} ({before.ev:+.2f}) | {after.mean_luma:.3f} ({after.ev:+.2f}) |")
+            rows.append(
+                f"| {name} | {before.mean_luma:.3f} ({before.ev:+.2f}) | {after.mean_luma:.3f} ({after.ev:+.2f}) |"
+            )
         out = out_folder / "fused_loopexpose.png"
         write_image(out, to_numpy(fused))
         result = estimate_exposure(fused)
@@ -426,7 +428,9 @@ def build_app(demo: WebDemo):
                         label="Examples (scikit-image photos rendered under- and over-exposed)",
                     )
                 with gr.Column(scale=3):
-                    slider = gr.ImageSlider(label="Before / after", type="numpy", format="png", elem_id="correct-slider", height=420)
+                    slider = gr.ImageSlider(
+                        label="Before / after", type="numpy", format="png", elem_id="correct-slider", height=420
+                    )
                     report = gr.Markdown(elem_id="correct-report")
                     download = gr.DownloadButton("Download full resolution", visible=False, elem_id="correct-download")
             button.click(run_correct, [photo, model], [slider, report, download], concurrency_limit=1)
@@ -446,15 +450,15 @@ def build_app(demo: WebDemo):
                         example_labels=["coffee: EV tags in the names", "rocket: plain names, ordered by luminance"],
                     )
                 with gr.Column(scale=3):
-                    fused = gr.Image(label="Fused result", type="numpy", format="png", interactive=False, elem_id="fuse-result", height=360)
+                    fused = gr.Image(
+                        label="Fused result", type="numpy", format="png", interactive=False, elem_id="fuse-result",
+                        height=360,
+                    )
                     fuse_report = gr.Markdown(elem_id="fuse-report")
                     fuse_download = gr.DownloadButton("Download fused result", visible=False, elem_id="fuse-download")
-            ordered = gr.Gallery(
-                label="Frames in exposure order", columns=5, height="auto", object_fit="contain", format="png", elem_id="fuse-ordered"
-            )
-            corrected = gr.Gallery(
-                label="Corrected frames", columns=5, height="auto", object_fit="contain", format="png", elem_id="fuse-corrected"
-            )
+            gallery = dict(columns=5, height="auto", object_fit="contain", format="png")
+            ordered = gr.Gallery(label="Frames in exposure order", elem_id="fuse-ordered", **gallery)
+            corrected = gr.Gallery(label="Corrected frames", elem_id="fuse-corrected", **gallery)
             fuse_button.click(
                 run_fuse, [files, fuse_model, preset], [ordered, corrected, fused, fuse_report, fuse_download],
                 concurrency_limit=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 
 import typer
 from rich.console import Console
@@ -24,7 +25,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback exposes the demo."),
     port: int = typer.Option(7860, help="Port."),
     model: list[str] = typer.Option(
-        None, "--model", "-m", help="Bundled model name or .safetensors file (repeat for several; default: all bundled)."
+        None, "--model", "-m", help="Bundled name or .safetensors file; repeat for several (default: all bundled)."
     ),
     device: str = typer.Option("cpu", help="auto, cpu or cuda."),
     max_upload_mb: float = typer.Option(50.0, help="Largest accepted file, MB."),
@@ -42,7 +43,13 @@ def serve(
     if not _is_loopback(host):
         console.print(f"[yellow]warning:[/] binding to {host}: anyone who can reach this machine can use the demo")
     console.print(f"LoopExpose demo on http://{'127.0.0.1' if host == 'localhost' else host}:{port} (Ctrl+C stops it)")
+    # SIGTERM (a service manager, ``kill``) stops the server like Ctrl+C does, so the private folder is removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         launch(demo, host=host, port=port, block=True)
     finally:
         demo.close()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
