@@ -390,6 +390,18 @@ def test_browser_fuse_orders_a_shuffled_bracket(server, page, tmp_path):
 
 
 @pytest.mark.slow
+def test_browser_shows_a_clear_error(page, tmp_path):
+    one = write_image(tmp_path / "lonely.png", dark_photo())
+    page.get_by_role("tab", name="Fuse").click()
+    page.set_input_files("#fuse-input input[type=file]", str(one))
+    page.wait_for_selector('#fuse-input td.filename[aria-label="lonely.png"]')
+    page.click("#fuse-button")
+    toast = page.get_by_text("upload 2 to 9 frames of one scene (got 1)")
+    toast.wait_for(timeout=30_000)
+    assert "/tmp" not in page.inner_text("body")
+
+
+@pytest.mark.slow
 def test_screenshots(server, page, tmp_path):
     """Both tabs after running an example (README screenshots with LOOPEXPOSE_SCREENSHOT_DIR=docs)."""
     demo, _ = server
