@@ -316,6 +316,9 @@ def page(server, browser):
 @pytest.mark.slow
 def test_server_is_private(server):
     demo, url = server
+    examples = {p.name for p in demo.uploads.rglob("*.png")}
+    assert {"coffee_dark.png", "rocket_a.png"} <= examples, "Gradio caches the examples in the private folder"
+    assert demo.purge(now=time.time() + 10 * 3600) >= 0 and {p.name for p in demo.uploads.rglob("*.png")} >= examples
     assert url.startswith("http://127.0.0.1:")
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert Path(os.environ["GRADIO_TEMP_DIR"]) == demo.uploads  # uploads land in the private folder

@@ -182,6 +182,7 @@ class WebDemo:
         for folder in (self.uploads, self.results):
             folder.mkdir(exist_ok=True)
         self._lock = threading.Lock()
+        self._kept: set[Path] = set()  # Gradio's copies of the examples: they must outlive any purge
 
     # ------------------------------------------------------------------ models, uploads, housekeeping
     @property
@@ -231,6 +232,10 @@ class WebDemo:
             )
         return path
 
+    def keep_current_uploads(self) -> None:
+        """Never purge what the upload cache holds now (Gradio caches the example files there at start-up)."""
+        self._kept = set(self.uploads.iterdir())
+
     def _result_folder(self) -> Path:
         self.purge()
         folder = self.results / uuid.uuid4().hex
@@ -243,6 +248,8 @@ class WebDemo:
         removed = 0
         for parent in (self.results, self.uploads):
             for entry in parent.iterdir():
+                if entry in self._kept:
+                    continue
                 try:
                     if now - entry.stat().st_mtime > self.limits.keep_seconds:
                         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -463,6 +470,7 @@ def build_app(demo: WebDemo):
                 run_fuse, [files, fuse_model, preset], [ordered, corrected, fused, fuse_report, fuse_download],
                 concurrency_limit=1,
             )
+    demo.keep_current_uploads()
     return blocks
 
 
