@@ -275,10 +275,15 @@ def server(tmp_path_factory):
 
     models = {"default": None} if "default" in bundled() else {"random (no bundled weights)": randomised()}
     demo = WebDemo(models=models, workdir=tmp_path_factory.mktemp("web"))
+    saved = os.environ.get("GRADIO_TEMP_DIR")
     blocks = launch(demo, host="127.0.0.1", port=_free_port(), block=False)
     yield demo, blocks.local_url
     blocks.close()
     demo.close()
+    if saved is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = saved
 
 
 @pytest.fixture(scope="module")
