@@ -334,8 +334,9 @@ class WebDemo:
         for name, frame, result, ev in zip(names, frames, corrected, evs):
             before, after = estimate_exposure(frame), estimate_exposure(result)
             tag = f"{ev:+g} EV, " if ev is not None else ""
-            ordered.append((_preview(frame), f"{name} ({tag}{before.ev:+.1f} EV vs grey)"))
-            fixed.append((_preview(result), f"{name} corrected ({after.ev:+.1f} EV vs grey)"))
+            # round first: "-0.0 EV" reads like a bug
+            ordered.append((_preview(frame), f"{name} ({tag}{round(before.ev, 1) + 0.0:+.1f} EV vs grey)"))
+            fixed.append((_preview(result), f"{name} corrected ({round(after.ev, 1) + 0.0:+.1f} EV vs grey)"))
             rows.append(
                 f"| {name} | {before.mean_luma:.3f} ({before.ev:+.2f}) | {after.mean_luma:.3f} ({after.ev:+.2f}) |"
             )
