@@ -10,8 +10,9 @@ Each case runs in a fresh child process that imports torch, loads the model, mak
 ``model.correct(photo)`` (one warm-up, then the median of ``--repeats`` runs) and reports its peak resident
 set size (``ru_maxrss``): the whole process, torch and the input and output images included. A baseline child
 that only imports torch and loads the model (no image) is measured too, so the table also shows the growth
-above it. On CUDA the figure is ``torch.cuda.max_memory_allocated`` (the input arrives and leaves as a numpy
-array, so transfers are in the time).
+above it. CPU time (``time.process_time``, all threads) is printed beside the wall time: when other jobs share
+the cores, wall time grows but the work does not. On CUDA the memory figure is
+``torch.cuda.max_memory_allocated`` (the input arrives and leaves as a numpy array, so transfers are in the time).
 
 Input: scikit-image's astronaut photo (512 x 512) resized with OpenCV's bicubic filter to each 4:3 size and
 darkened by about 1.5 stops, as a uint8 RGB array (an 8-bit JPEG as decoded).
@@ -83,17 +84,19 @@ def child(megapixels: float | None, spec: str, device: str, repeats: int, thread
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         out = model.correct(photo)
         times.append(time.perf_counter() - start)  # the result is a numpy array: CUDA work has finished
+        cpu_times.append(time.process_time() - cpu_start)
     assert out.shape == photo.shape and out.dtype == photo.dtype
     result = {
         "megapixels": height * width / 1e6,
         "size": f"{width}x{height}",
         "device": device,
         "seconds": statistics.median(times),
+        "cpu_seconds": statistics.median(cpu_times),  # all threads: shows the work when other jobs share the cores
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "model": description,
     }
@@ -180,15 +183,18 @@ def main() -> None:
             row["above_baseline_mib"] = row["peak_rss_mib"] - baseline["peak_rss_mib"]
             rows.append(row)
             extra = f", CUDA peak {row['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in row else ""
-            print(f"{device:4s} {row['size']:>9s} ({row['megapixels']:.1f} MP): {row['seconds']:.3f} s, "
+            print(f"{device:4s} {row['size']:>9s} ({row['megapixels']:.1f} MP): {row['seconds']:.3f} s "
+                  f"(CPU time {row['cpu_seconds']:.3f} s), "
                   f"{row['megapixels'] / row['seconds']:.1f} MP/s, peak RSS {row['peak_rss_mib']:.0f} MiB "
                   f"(+{row['above_baseline_mib']:.0f} over baseline){extra}", flush=True)  # fmt: skip
 
-    print("\n| device | size | MP | seconds | MP/s | peak RSS (MiB) | above baseline (MiB) | CUDA peak (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| device | size | MP | seconds | CPU seconds | MP/s | peak RSS (MiB) | above baseline (MiB) "
+          "| CUDA peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         cuda = f"{row['cuda_peak_mib']:.0f}" if "cuda_peak_mib" in row else "-"
         print(f"| {row['device']} | {row['size']} | {row['megapixels']:.2f} | {row['seconds']:.3f} | "
+              f"{row['cpu_seconds']:.3f} | "
               f"{row['megapixels'] / row['seconds']:.1f} | {row['peak_rss_mib']:.0f} | {row['above_baseline_mib']:.0f} "
               f"| {cuda} |")  # fmt: skip
 
