@@ -38,3 +38,15 @@ def synthetic_bracket(n: int = 3, height: int = 37, width: int = 53, seed: int =
     evs = torch.linspace(-2, 2, n) if n > 1 else torch.zeros(1)
     frames = [(linear * 2.0**ev).clamp(0, 1) ** (1 / 2.2) for ev in evs]
     return torch.stack(frames)
+
+
+def randomised_curvegrid(seed: int = 0):
+    """A CurveGrid with random heads, so correction visibly changes images (a fresh one is the identity)."""
+    from loopexpose.models import create
+
+    torch.manual_seed(seed)
+    model = create("curvegrid")
+    for head in (model.curve_head, model.grid_head):
+        torch.nn.init.normal_(head.weight, std=0.3)
+        torch.nn.init.normal_(head.bias, std=0.3)
+    return model.eval()

@@ -8,20 +8,13 @@ import torch
 from PIL import Image
 
 import loopexpose
+from conftest import randomised_curvegrid as randomised
 from loopexpose import fusion
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import write_image
-from loopexpose.models import create, save
+from loopexpose.models import save
 
 
-def randomised(seed: int = 0):
-    """A CurveGrid with random heads, so it visibly changes images (a fresh one is the identity)."""
-    torch.manual_seed(seed)
-    model = create("curvegrid")
-    for head in (model.curve_head, model.grid_head):
-        torch.nn.init.normal_(head.weight, std=0.3)
-        torch.nn.init.normal_(head.bias, std=0.3)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ from loopexpose.app import Limits, WebDemo, estimate_exposure, safe_name
 from loopexpose.cli.demo import render_bracket
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import read_image, to_numpy, write_image
-from loopexpose.models import bundled, create, load
+from loopexpose.models import bundled, load
+from conftest import randomised_curvegrid as randomised
 
 # Gradio's queue uses pandas options that pandas 3 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
@@ -42,14 +43,6 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def randomised(seed: int = 0):
-    """A CurveGrid with random heads (a fresh one is the identity), so correction does something visible."""
-    torch.manual_seed(seed)
-    model = create("curvegrid")
-    for head in (model.curve_head, model.grid_head):
-        torch.nn.init.normal_(head.weight, std=0.3)
-        torch.nn.init.normal_(head.bias, std=0.3)
-    return model.eval()
 
 
 class Identity:

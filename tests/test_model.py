@@ -10,19 +10,12 @@ import torch
 from PIL import Image
 
 import loopexpose
+from conftest import randomised_curvegrid as randomised
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load, save
 from loopexpose.models.curvegrid import apply_curves, bilateral_slice
 
 
-def randomised(seed: int = 0):
-    """A CurveGrid whose heads are random, so it does something visible (a fresh one is the identity)."""
-    torch.manual_seed(seed)
-    model = create("curvegrid")
-    for head in (model.curve_head, model.grid_head):
-        torch.nn.init.normal_(head.weight, std=0.3)
-        torch.nn.init.normal_(head.bias, std=0.3)
-    return model.eval()
 
 
 def test_fresh_model_is_identity():
