@@ -63,6 +63,13 @@ def test_tiles_equal_whole_image():
     assert torch.allclose(whole, tiles, atol=1e-6)
 
 
+def test_forward_tiled_equals_forward():
+    model = randomised()
+    x = torch.rand(2, 3, 77, 45)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_tiled(x, tile_rows=10), model(x)["output"], atol=1e-6)
+
+
 def test_curves_are_piecewise_linear_interpolation():
     curves = torch.tensor([[[0.0, 0.5, 1.0]] * 3])
     x = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]).view(1, 1, 1, 5).expand(1, 3, 1, 5)

@@ -17,7 +17,7 @@ exact on any tile of the image, which is how :meth:`correct` bounds memory on ve
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -137,8 +137,22 @@ class CurveGrid(ExposureModel):
         params = self.predict(x)
         return {"output": self.apply(x, params), "luminance": params.luminance}
 
-    def config_dict(self) -> dict:
-        return asdict(self.config)
+    @torch.no_grad()
+    def forward_tiled(self, x: torch.Tensor, tile_rows: int = 256) -> torch.Tensor:
+        """:meth:`forward`'s output for ``(B, 3, H, W)`` images, applied in row tiles so the per-pixel work never
+        holds more than ``tile_rows`` rows at once (used for whole photos on CUDA); identical to ``forward``."""
+        params = self.predict(x)
+        height = x.shape[-2]
+        tiles = [
+            self.apply(x[..., top : top + tile_rows, :], params, rows=(top, min(height, top + tile_rows)), height=height)
+            for top in range(0, height, tile_rows)
+        ]
+        return torch.cat(tiles, dim=-2)
+
+    def _correct_frame(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return super()._correct_frame(x)  # the OpenCV fast path
+        return self.forward_tiled(x)[0]
 
     # ------------------------------------------------------------------ fast CPU path for whole photos
     @torch.no_grad()
