@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from loopexpose import distributed, fusion
 from loopexpose.errors import LoopExposeError
 from loopexpose.data import BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, split_scenes
+from loopexpose.evaluate import WINDOW, select_window
 from loopexpose.io import atomic_write_bytes
 from loopexpose.losses import l1_loss, luminance_ranking_loss, ssim_loss
 from loopexpose.models import create, load, save as save_model
@@ -155,12 +156,6 @@ def learning_rate(step: int, total: int, cfg: dict) -> float:
     return cfg["lr_min"] + 0.5 * (cfg["lr"] - cfg["lr_min"]) * (1 + math.cos(math.pi * progress))
 
 
-def bracket5_window(n: int, reference: int) -> tuple[int, int]:
-    """``(start, reference_in_window)`` of the 5 frames around ``reference`` kept inside a bracket of ``n``."""
-    start = max(0, min(reference - 2, n - 5))
-    return start, reference - start
-
-
 @dataclass
 class Validation:
     """Held-back scenes scored after every epoch with the bracket-5 protocol: the 5 frames around the one
@@ -175,9 +170,9 @@ class Validation:
     def from_set(cls, validation: ValidationSet) -> "Validation":
         brackets, references, names = [], [], []
         for item in validation:
-            start, ref = bracket5_window(len(item.frames), item.reference)
-            brackets.append(item.frames[start : start + 5])
-            references.append(ref)
+            start, reference = select_window(item.mean_luma)  # the evaluation protocol's own window
+            brackets.append(item.frames[start : start + WINDOW])
+            references.append(reference - start)
             names.append(item.scene)
         return cls(brackets, references, names)
 
