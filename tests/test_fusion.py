@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import loopexpose
 from conftest import synthetic_bracket
 
 from loopexpose import fusion
@@ -251,7 +252,7 @@ def test_bad_arguments_are_refused():
         mertens_fuse(torch.rand(2, 3, 4, 4), levels=0)
 
 
-# ----------------------------------------------------------------------------------- fuse_frames and the CLI
+# ------------------------------------------------------------------------------------------------- the CLI
 
 
 def _write_scene(folder, bracket):
@@ -261,19 +262,6 @@ def _write_scene(folder, bracket):
     for i, frame in enumerate(bracket):
         write_image(folder / f"frame_{i}.png", to_numpy(frame), bits=16)
     return folder
-
-
-def test_fuse_frames_from_a_folder_files_or_tensor_and_with_a_model(tmp_path):
-    bracket = synthetic_bracket(3, 20, 28)
-    scene = _write_scene(tmp_path / "scene", bracket)
-    expected = fuse(bracket)
-    assert torch.allclose(fusion.fuse_frames(bracket), expected)
-    # Through 16-bit files. Weights are ratios of products of small numbers: in flat areas (contrast near 0 in
-    # every frame) a 1e-5 change of the input can move a weight a lot, so compare on average.
-    assert (fusion.fuse_frames(scene) - expected).abs().mean() < 1e-3
-    assert torch.equal(fusion.fuse_frames(sorted(scene.iterdir())), fusion.fuse_frames(scene))
-    darken = torch.nn.Identity()
-    assert torch.allclose(fusion.fuse_frames(bracket, model=lambda x: darken(x) * 0.5), fuse(bracket * 0.5))
 
 
 def test_fuse_command_writes_one_file_per_scene_and_reports_bad_scenes(tmp_path):
@@ -296,7 +284,7 @@ def test_fuse_command_writes_one_file_per_scene_and_reports_bad_scenes(tmp_path)
     assert len(errors) == 1 and "a.png" in errors[0]
     photo = read_image(out / "odd (1).png")
     assert photo.bit_depth == 16 and photo.pixels.shape == (21, 30, 3)
-    fused = fusion.fuse_frames(collection / "odd (1)").clamp(0, 1).permute(1, 2, 0).numpy()
+    fused = loopexpose.fuse(collection / "odd (1)")
     assert np.abs(photo.pixels - fused).max() < 1e-4  # 16-bit output
 
     result = CliRunner().invoke(app, ["fuse", str(collection / "two"), "-o", str(out), "--preset", "paper"])

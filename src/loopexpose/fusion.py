@@ -46,11 +46,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -74,7 +72,6 @@ __all__ = [
     "blend_pyramids",
     "mertens_fuse",
     "fuse",
-    "fuse_frames",
     "correct_frames",
 ]
 
@@ -680,45 +677,6 @@ def fuse(images: torch.Tensor, preset: str = "opencv", levels: int | None = None
     if preset not in PRESETS:
         raise ValueError(f"unknown fusion preset {preset!r}; choose one of {sorted(PRESETS)}")
     return mertens_fuse(images, *PRESETS[preset], levels=levels)
-
-
-def fuse_frames(
-    frames: torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike],
-    model: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    preset: str = "opencv",
-    levels: int | None = None,
-) -> torch.Tensor:
-    """Fuse a bracket given as a tensor, a scene folder or image files, optionally correcting frames first.
-
-    This is the implementation behind the top-level ``loopexpose.fuse(frames, model=None, preset=...)``.
-
-    Args:
-        frames: ``(N, 3, H, W)`` or ``(B, N, 3, H, W)`` in ``[0, 1]``; or a scene folder (frames ordered by
-            :func:`loopexpose.io.order_bracket`); or a list of image files of one scene (ordered likewise).
-        model: optional exposure-correction model, any callable mapping ``(N, 3, H, W)`` frames to corrected
-            frames of the same shape in ``[0, 1]`` (for a batch, it receives ``(B * N, 3, H, W)``). It runs
-            without gradients on the model's device when it has one. ``None`` fuses the frames as they are.
-        preset: ``"opencv"`` or ``"mertens"`` (see :data:`PRESETS`).
-        levels: see :func:`mertens_fuse`.
-
-    Returns:
-        ``(3, H, W)`` (or ``(B, 3, H, W)``), NOT clipped; clamp to ``[0, 1]`` before saving.
-
-    Raises:
-        LoopExposeError: a folder or file that cannot be read.
-    """
-    from loopexpose import io
-
-    if isinstance(frames, (str, os.PathLike)):
-        frames = io.load_bracket(frames)
-    elif not isinstance(frames, torch.Tensor):
-        paths = [Path(p) for p in frames]
-        if not paths:
-            raise ValueError("fuse_frames needs at least one frame")
-        frames = io.load_bracket(io.order_bracket(paths[0].parent, paths))
-    if model is not None:
-        frames = correct_frames(frames, model)
-    return fuse(frames, preset=preset, levels=levels)
 
 
 def correct_frames(frames: torch.Tensor, model: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
