@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from loopexpose.data import is_validation_scene
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load, save
 from loopexpose.semantics.losses import (
@@ -35,7 +36,7 @@ from loopexpose.semantics.regions import FastSAMRegions, superpixel_regions
 
 DEFAULTS = {
     "seed": 0,
-    "data": {"root": "", "collections": [], "max_side": 160, "crop": 96, "val_fraction": 0.15, "max_scenes": 0},
+    "data": {"root": "", "collections": [], "max_side": 160, "crop": 96, "val_fraction": 0.1, "max_scenes": 0},
     "model": {},
     "recogniser": {"steps": 400, "batch": 16, "lr": 2e-3},
     "guidance": {"clip_weights": "", "clip_arch": "ViT-B-32", "segmenter_weights": ""},
@@ -55,8 +56,9 @@ def merged_config(config: dict) -> dict:
     return out
 
 
-def load_scenes(cfg: dict) -> list[torch.Tensor]:
-    """Brackets ``(N, 3, H, W)`` darkest first, downscaled to ``max_side``, from the configured collections."""
+def load_scenes(cfg: dict) -> list[tuple[str, torch.Tensor]]:
+    """``("collection/scene", bracket)`` pairs, each bracket ``(N, 3, H, W)`` darkest first, downscaled to
+    ``max_side``, from the configured collections."""
     from loopexpose.io import find_scenes, load_bracket, order_bracket
     from loopexpose.paths import data_root
 
@@ -71,7 +73,7 @@ def load_scenes(cfg: dict) -> list[torch.Tensor]:
     for scene in scenes:
         bracket = order_bracket(scene)
         if len(bracket.paths) >= 2:
-            brackets.append(load_bracket(bracket, max_side=cfg["max_side"]))
+            brackets.append((f"{bracket.collection}/{bracket.name}", load_bracket(bracket, max_side=cfg["max_side"])))
     if len(brackets) < 2:
         raise LoopExposeError("need at least 2 brackets with 2 or more frames to train", root)
     return brackets
@@ -135,10 +137,12 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path =
     log("components", **components, config=cfg)
 
     # ---------------------------------------------------------------- data, masks, free labels
-    brackets = load_scenes(cfg["data"])
-    order = torch.randperm(len(brackets), generator=generator).tolist()
-    n_val = max(1, round(len(brackets) * cfg["data"]["val_fraction"]))
-    val_ids, train_ids = set(order[:n_val]), order[n_val:]
+    # the same stable split by scene as the LoopExpose trainer, so both models hold back the same scenes
+    scenes = load_scenes(cfg["data"])
+    val_ids = {i for i, (key, _) in enumerate(scenes) if is_validation_scene(key, cfg["data"]["val_fraction"])}
+    if not val_ids or len(val_ids) == len(scenes):
+        raise LoopExposeError(f"data.val_fraction {cfg['data']['val_fraction']} leaves no training or no validation scene")
+    brackets = [bracket for _, bracket in scenes]
     frames, masks, frame_labels, region_labels, is_val = [], [], [], [], []
     for i, bracket in enumerate(brackets):
         middle = bracket[len(bracket) // 2 : len(bracket) // 2 + 1].to(device)
