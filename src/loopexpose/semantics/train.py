@@ -154,7 +154,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path =
             frame_labels.append(f_lab[j])
             region_labels.append(r_lab[j])
             is_val.append(i in val_ids)
-    log("data", scenes=len(brackets), frames=len(frames), val_scenes=n_val)
+    log("data", scenes=len(brackets), frames=len(frames), val_scenes=len(val_ids))
 
     # ---------------------------------------------------------------- stage 1: exposure recogniser
     rec_cfg = cfg["recogniser"]
