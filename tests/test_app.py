@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io as _io
 import os
-import shutil
 import socket
 import time
 import urllib.request
@@ -25,7 +24,7 @@ from loopexpose.app import Limits, WebDemo, estimate_exposure, safe_name
 from loopexpose.cli.demo import render_bracket
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import read_image, to_numpy, write_image
-from loopexpose.models import bundled, load
+from loopexpose.models import bundled
 from conftest import randomised_curvegrid as randomised
 
 # Gradio's queue uses pandas options that pandas 3 deprecates; not ours to fix.

@@ -47,13 +47,15 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from loopexpose.io import LUMA_WEIGHTS
 
 __all__ = [
     "PRESETS",
@@ -80,7 +82,6 @@ PRESETS: dict[str, tuple[float, float, float]] = {
     "mertens": (1.0, 1.0, 1.0),  # the paper
     "opencv": (1.0, 1.0, 0.0),  # cv2.createMergeMertens() defaults; what LoopExpose used for pseudo-labels
 }
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # Rec. 601, as OpenCV's RGB2GRAY
 WEIGHT_EPSILON = 1e-12  # added to every weight before normalising (OpenCV's), so all-zero pixels average evenly
 EXPOSEDNESS_SIGMA = 0.2
 #: Frames x pixels blended at once; larger chunks are faster, smaller ones use less memory.

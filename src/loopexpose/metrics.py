@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from loopexpose.errors import LoopExposeError
+from loopexpose.io import LUMA_WEIGHTS
 
 __all__ = [
     "PSNR_CAP_DB",
@@ -38,7 +39,6 @@ __all__ = [
 PSNR_CAP_DB = 100.0
 #: The first three MS-SSIM exponents (Wang, Simoncelli, Bovik 2003), normalised to sum to 1, as in Ma et al.
 MEF_SSIM_SCALE_WEIGHTS = tuple(w / (0.0448 + 0.2856 + 0.3001) for w in (0.0448, 0.2856, 0.3001))
-_REC601 = (0.299, 0.587, 0.114)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -156,7 +156,7 @@ def consistency(frames: torch.Tensor) -> torch.Tensor:
 def _grey255(images: torch.Tensor) -> torch.Tensor:
     """``(*, 3, H, W)`` in [0, 1] -> ``(*, H, W)`` Rec. 601 grey in [0, 255], float64 (the statistics below
     subtract large nearly equal numbers, which float32 would not survive)."""
-    weights = torch.tensor(_REC601, dtype=torch.float64, device=images.device).view(3, 1, 1)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.float64, device=images.device).view(3, 1, 1)
     return (images.double() * weights).sum(dim=-3) * 255.0
 
 
@@ -383,7 +383,7 @@ def _lpips_model(net: str):
     if net in _LPIPS_MODELS:
         return _LPIPS_MODELS[net]
     try:
-        import lpips  # noqa: F401
+        import lpips
     except ImportError:
         raise LoopExposeError("LPIPS needs the 'lpips' package (pip install lpips)") from None
     hub = torch.hub.get_dir()
@@ -395,7 +395,5 @@ def _lpips_model(net: str):
         raise LoopExposeError(f"unknown LPIPS network {net!r} (alex or vgg)")
     if not glob.glob(os.path.join(hub, "checkpoints", f"{prefix}-*.pth")):
         raise LoopExposeError(f"LPIPS needs the {prefix} weights in {hub}/checkpoints; they are never downloaded")
-    import lpips
-
     _LPIPS_MODELS[net] = lpips.LPIPS(net=net, verbose=False).eval()
     return _LPIPS_MODELS[net]

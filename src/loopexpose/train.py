@@ -17,7 +17,6 @@ alone prints, logs and writes checkpoints.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import os
@@ -32,7 +31,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save
 
-from kornia.metrics import psnr as _psnr
 from torch.utils.data import DataLoader
 
 from loopexpose import distributed, fusion
@@ -40,6 +38,7 @@ from loopexpose.errors import LoopExposeError
 from loopexpose.data import BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, split_scenes
 from loopexpose.evaluate import WINDOW, select_window
 from loopexpose.io import atomic_write_bytes
+from loopexpose.metrics import psnr
 from loopexpose.losses import l1_loss, luminance_ranking_loss, ssim_loss
 from loopexpose.models import create, load, save as save_model
 from loopexpose.paths import data_root
@@ -118,10 +117,6 @@ def resolve_roots(roots: list[str]) -> list[Path]:
     return [Path(r) if Path(r).is_absolute() or Path(r).exists() else data_root() / r for r in roots]
 
 
-def psnr(output: torch.Tensor, target: torch.Tensor) -> float:
-    return float(_psnr(output.clamp(0, 1), target.clamp(0, 1), 1.0))
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 
@@ -186,9 +181,9 @@ class Validation:
             corrected = torch.cat([model(f[None])["output"] for f in frames])
             label = fusion.fuse(frames, preset=preset).clamp(0, 1)
             n = len(corrected)
-            to_ref += [psnr(corrected[i], frames[ref]) for i in range(n) if i != ref]
-            to_label += [psnr(corrected[i], label) for i in range(n)]
-            consistency += [psnr(corrected[i], corrected[j]) for i in range(n) for j in range(i + 1, n)]
+            to_ref += [float(psnr(corrected[i], frames[ref])) for i in range(n) if i != ref]
+            to_label += [float(psnr(corrected[i], label)) for i in range(n)]
+            consistency += [float(psnr(corrected[i], corrected[j])) for i in range(n) for j in range(i + 1, n)]
         model.train()
         return {
             "val_psnr_ref": float(np.mean(to_ref)),

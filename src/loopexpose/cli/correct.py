@@ -34,10 +34,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from loopexpose.cli.app import app
 from loopexpose.errors import LoopExposeError
+from loopexpose.io import LUMA_WEIGHTS, REFERENCE_LUMA
 
 FORMATS = ("same", "jpg", "png", "tif")
 SUFFIX = "_loopexpose"
-MID_GREY = 118 / 255
 _GLOB_CHARS = set("*?[")
 
 
@@ -136,9 +136,9 @@ def exposure_estimate(pixels) -> dict:
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     thumb = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).astype(np.float32) * np.float32(scale)
     thumb = np.clip(thumb, 0, 1)
-    mean_luma = float((thumb @ np.asarray([0.299, 0.587, 0.114], np.float32)).mean())
+    mean_luma = float((thumb @ np.asarray(LUMA_WEIGHTS, np.float32)).mean())
     linear = float((thumb**2.2 @ np.asarray([0.2126, 0.7152, 0.0722], np.float32)).mean())
-    ev = math.log2(max(linear, 1e-6) / MID_GREY**2.2)
+    ev = math.log2(max(linear, 1e-6) / REFERENCE_LUMA**2.2)
     return {"mean_luma": round(mean_luma, 4), "ev": round(ev, 3)}
 
 

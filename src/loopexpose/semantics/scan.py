@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 
 def _check(u, delta, A, B, C):

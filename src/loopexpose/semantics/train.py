@@ -32,7 +32,7 @@ from loopexpose.semantics.losses import (
 )
 from loopexpose.semantics.pseudo import pseudo_label
 from loopexpose.semantics.recogniser import bracket_region_labels, load_clip, train_recogniser
-from loopexpose.semantics.regions import FastSAMRegions, superpixel_regions
+from loopexpose.semantics.regions import FastSAMRegions
 
 DEFAULTS = {
     "seed": 0,
