@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import cv2
 import numpy as np
 import torch
@@ -60,13 +62,9 @@ class ExposureModel(nn.Module):
             scale = max_side / max(array.shape[:2])
             size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
             array = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
-        if self.device.type == "cpu":
-            out = self.correct_array(np.ascontiguousarray(array))
-        else:
-            scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
-            x = torch.from_numpy(array.astype(np.float32) / np.float32(scale)).permute(2, 0, 1)
-            y = self._correct_tensor(x, 0).permute(1, 2, 0).cpu().numpy()
-            out = (np.clip(y, 0, 1) * scale + 0.5).astype(array.dtype) if scale != 1.0 else y
+        # A subclass's correct_array is its CPU fast path; on other devices the generic tensor path runs there.
+        runner = self.correct_array if self.device.type == "cpu" else partial(ExposureModel.correct_array, self)
+        out = runner(np.ascontiguousarray(array))
         return out.astype(dtype) if out.dtype != dtype else out
 
     def correct_array(self, array: np.ndarray) -> np.ndarray:
