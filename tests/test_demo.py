@@ -20,7 +20,7 @@ def test_demo_writes_corrected_frames_fusions_and_comparison(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--photo", "astronaut"])
     assert result.exit_code == 0, result.output
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"comparison.png", "fused_inputs_mertens.png", "fused_corrected_loopexpose.png"} <= names
+    assert {"comparison.png", "fused_inputs_mertens.png", "fused_loopexpose.png"} <= names
     assert not any(name.endswith(".tmp") or name.startswith(".") for name in names)  # nothing half-written
     dark_in = read_image(tmp_path / "input_N2.png").pixels
     dark_out = read_image(tmp_path / "corrected_N2.png").pixels

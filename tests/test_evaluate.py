@@ -42,7 +42,7 @@ def test_select_window_centres_on_mid_grey_and_stays_inside():
 def test_build_methods_names_and_errors(model_path):
     methods = ev.build_methods(["identity", "gain", "mertens-cv2", "mertens:mertens", f"model:{model_path}"])
     names = [m.name for m in methods]
-    assert names[-3:] == [f"model:{model_path}", f"loopmef:{model_path}", f"loopmef+in:{model_path}"]
+    assert names[-4:] == [f"model:{model_path}", *(f"loopmef{kind}:{model_path}" for kind in ("", "-plain", "-corrected"))]
     assert methods[0].baseline and not methods[2].baseline
     with pytest.raises(LoopExposeError, match="unknown method"):
         ev.build_methods(["nope"])
@@ -60,7 +60,7 @@ def test_opencv_mertens_matches_ours():
 
 
 def test_bracket5_protocol(scenes, model_path):
-    methods = ev.build_methods(["identity", "gain", "mertens", f"model:{model_path}"])
+    methods = ev.build_methods(["identity", "gain", "mertens", "mertens-detail", f"model:{model_path}"])
     seen = []
     results = ev.evaluate_bracket5(sorted(scenes.iterdir()),
                                    methods, max_side=64, on_scene=lambda key, *rest: seen.append(key))
@@ -69,7 +69,9 @@ def test_bracket5_protocol(scenes, model_path):
     summary = results.summary()
     assert set(summary["identity"]) == {"psnr", "ssim", "consistency", "mef_ssim"}
     assert set(summary["mertens"]) == {"mef_ssim"}
-    assert f"loopmef+in:{model_path}" in summary
+    # the untrained model is the identity, so its fusions reduce to fusions of the inputs
+    assert summary[f"loopmef-plain:{model_path}"]["mef_ssim"] == pytest.approx(summary["mertens"]["mef_ssim"], abs=1e-4)
+    assert summary[f"loopmef:{model_path}"]["mef_ssim"] == pytest.approx(summary["mertens-detail"]["mef_ssim"], abs=0.02)
     # the untrained CurveGrid starts as the identity
     assert summary[f"model:{model_path}"]["psnr"] == pytest.approx(summary["identity"]["psnr"], abs=0.5)
     # gain brings the frames nearer the mid-grey reference than doing nothing

@@ -252,6 +252,61 @@ def test_bad_arguments_are_refused():
         mertens_fuse(torch.rand(2, 3, 4, 4), levels=0)
 
 
+# ---------------------------------------------------------------------------------------- the LoopExpose MEF
+
+
+def test_loop_fuse_without_detail_or_corrected_frames_is_mertens():
+    bracket = synthetic_bracket(4, 45, 61)
+    plain = mertens_fuse(bracket, *PRESETS["mertens"])
+    assert psnr(fusion.loop_fuse(bracket, detail=0.0), plain) > 60
+    # every level from corrected + input frames: Mertens of all of them
+    corrected = synthetic_bracket(4, 45, 61).flip(-1)
+    both = mertens_fuse(torch.cat([corrected, bracket]), *PRESETS["mertens"])
+    assert psnr(fusion.loop_fuse(bracket, corrected, detail=0.0, base_levels=99), both) > 60
+    assert psnr(fusion.loop_fuse(bracket, corrected, detail=0.0), both) < 50  # normally only the base is
+
+
+def test_loop_fuse_takes_tone_from_corrected_frames_and_detail_from_inputs():
+    # A flat-toned textured scene, under-exposed by 2 stops; the "corrected" frames are the scene, flat-blurred.
+    rng = torch.Generator().manual_seed(0)
+    scene = (0.5 + 0.15 * torch.randn(1, 1, 96, 96, generator=rng)).clamp(0, 1).expand(1, 3, -1, -1)
+    inputs = torch.cat([scene * 0.25, scene * 0.5])
+    corrected = torch.full_like(inputs, 0.5)
+    fused = fusion.loop_fuse(inputs, corrected)
+    assert abs(fused.mean().item() - 0.5) < abs(fusion.loop_fuse(inputs).mean().item() - 0.5) - 0.05
+    assert fused.std().item() > 0.5 * inputs[1].std().item()  # the texture comes from the inputs
+
+
+def test_loop_fuse_detail_weights_raise_mef_ssim():
+    from loopexpose.metrics import mef_ssim
+
+    bracket = synthetic_bracket(5, 96, 128)
+    plain = mertens_fuse(bracket, *PRESETS["mertens"]).clamp(0, 1)
+    detailed = fusion.loop_fuse(bracket).clamp(0, 1)
+    assert mef_ssim(bracket, detailed).item() > mef_ssim(bracket, plain).item()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 9), (37, 53), (64, 64)])
+def test_loop_fuse_shapes_batches_and_dtypes(size):
+    bracket = synthetic_bracket(3, *size)
+    corrected = bracket.flip(-1) ** 0.5
+    one = fusion.loop_fuse(bracket, corrected)
+    assert one.shape == (3, *size) and torch.isfinite(one).all()
+    batch = fusion.loop_fuse(torch.stack([bracket, corrected]), torch.stack([corrected, bracket]))
+    assert torch.allclose(batch[0], one, atol=1e-5)
+    assert fusion.loop_fuse(bracket.double(), corrected.double()).dtype == torch.float64
+
+
+def test_loop_fuse_refuses_bad_arguments():
+    bracket = torch.rand(3, 3, 8, 8)
+    with pytest.raises(ValueError, match="does not match"):
+        fusion.loop_fuse(bracket, torch.rand(3, 3, 8, 9))
+    with pytest.raises(ValueError, match="base_levels"):
+        fusion.loop_fuse(bracket, base_levels=0)
+    with pytest.raises(ValueError, match="detail"):
+        fusion.loop_fuse(bracket, detail=-1.0)
+
+
 # ------------------------------------------------------------------------------------------------- the CLI
 
 

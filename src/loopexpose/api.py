@@ -27,10 +27,11 @@ def fuse(
     preset: str = "opencv",
     device: str | torch.device | None = None,
 ):
-    """Mertens exposure fusion of one bracket; with a ``model``, every frame is corrected first.
+    """Exposure fusion of one bracket: plain Mertens, or with a ``model`` the LoopExpose MEF result.
 
-    Correcting every frame with the LoopExpose network and fusing the corrected frames is the paper's
-    multi-exposure-fusion (MEF) result; without a model this is plain Mertens fusion.
+    With a model, every frame is corrected with it and the corrected frames are fused together with the inputs
+    (:func:`loopexpose.fusion.loop_fuse`: tone from the corrected frames, detail from the inputs); without a
+    model this is plain Mertens fusion of the inputs with ``preset`` weights.
 
     Args:
         frames: one bracket, as any of
@@ -42,8 +43,9 @@ def fuse(
         model: ``None`` (no correction), a model from :func:`loopexpose.load`, a bundled model name or a
             ``.safetensors`` path (loaded on ``device``), or any callable mapping ``(N, 3, H, W)`` frames in
             ``[0, 1]`` to corrected frames of the same shape.
-        preset: fusion weights, ``"opencv"`` (``cv2.createMergeMertens()`` defaults, as LoopExpose uses) or
-            ``"mertens"`` (also well-exposedness), see :data:`loopexpose.fusion.PRESETS`.
+        preset: plain fusion's weights (without a model), ``"opencv"`` (``cv2.createMergeMertens()``
+            defaults, as LoopExpose uses for its labels) or ``"mertens"`` (also well-exposedness), see
+            :data:`loopexpose.fusion.PRESETS`.
         device: where to fuse (default: the tensor's device, else the model's, else the CPU).
 
     Returns:
@@ -72,9 +74,10 @@ def fuse(
         tensor = tensor.to(next(model.parameters()).device)
     corrector = _corrector(model)
     with torch.no_grad():
-        if corrector is not None:
-            tensor = fusion.correct_frames(tensor, corrector)
-        fused = fusion.fuse(tensor, preset=preset).clamp_(0, 1)
+        if corrector is None:
+            fused = fusion.fuse(tensor, preset=preset).clamp_(0, 1)
+        else:
+            fused = fusion.loop_fuse(tensor, fusion.correct_frames(tensor, corrector)).clamp_(0, 1)
     if kind == "tensor":
         return fused.to(frames.dtype) if frames.is_floating_point() else fused
     pixels = io.to_numpy(fused)

@@ -37,7 +37,6 @@ from PIL import Image, UnidentifiedImageError
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import IMAGE_SUFFIXES, REFERENCE_LUMA, luma
 
-PRESETS = ("opencv", "mertens")
 # Long side of the images sent to the browser (as PNG: lossy previews would misrepresent the result); the
 # downloads stay full resolution.
 PREVIEW_SIDE = 1280
@@ -295,10 +294,9 @@ class WebDemo:
         )
         return CorrectResult(_preview(photo.pixels), _preview(corrected), out, before, after, seconds, report)
 
-    def fuse(
-        self, uploads: Sequence[str | os.PathLike] | None, model_name: str, preset: str = "opencv"
-    ) -> FuseResult:
-        """Order an uploaded bracket (2..``max_frames`` frames, any order), correct every frame, fuse.
+    def fuse(self, uploads: Sequence[str | os.PathLike] | None, model_name: str) -> FuseResult:
+        """Order an uploaded bracket (2..``max_frames`` frames, any order), correct every frame, and fuse them
+        with the inputs (the LoopExpose MEF result, :func:`loopexpose.fusion.loop_fuse`).
 
         The frames are copied under sanitised names into a fresh scene folder and ordered by
         :func:`loopexpose.io.order_bracket` (EXIF, EV tags in the names, else luminance).
@@ -309,8 +307,6 @@ class WebDemo:
         uploads = list(uploads or [])
         if not 2 <= len(uploads) <= self.limits.max_frames:
             raise LoopExposeError(f"upload 2 to {self.limits.max_frames} frames of one scene (got {len(uploads)})")
-        if preset not in PRESETS:
-            raise LoopExposeError(f"unknown fusion preset {preset!r} (choose one of {', '.join(PRESETS)})")
         paths = [self.check_upload(p) for p in uploads]
         model = self.model(model_name)
         out_folder = self._result_folder()
@@ -327,7 +323,7 @@ class WebDemo:
             names = [p.name for p in bracket.paths]
         started = time.perf_counter()
         corrected = torch.stack([model.correct(frame) for frame in frames]).clamp(0, 1)
-        fused = fusion.fuse(corrected, preset=preset).clamp(0, 1)
+        fused = fusion.loop_fuse(frames, corrected).clamp(0, 1)
         seconds = time.perf_counter() - started
         evs = bracket.evs if bracket.evs is not None else [None] * len(frames)
         ordered, fixed, rows = [], [], []
@@ -346,7 +342,7 @@ class WebDemo:
         height, width = frames.shape[-2:]
         report = (
             f"Exposure order (rule: **{bracket.rule}**): {' → '.join(names)}\n\n"
-            f"**{model_name}** corrected {len(frames)} frames of {width}x{height} and fused them ({preset}) "
+            f"**{model_name}** corrected {len(frames)} frames of {width}x{height} and fused them with the inputs "
             f"in **{seconds:.2f} s**; fused result: {result}\n\n"
             "| frame | before: mean luma (EV) | after: mean luma (EV) |\n|---|---|---|\n" + "\n".join(rows)
         )
@@ -407,9 +403,9 @@ def build_app(demo: WebDemo):
             raise gr.Error(demo.public_message(exc)) from None
         return (result.before, result.after), result.report, gr.DownloadButton(value=str(result.download), visible=True)
 
-    def run_fuse(uploads, model_name, preset):
+    def run_fuse(uploads, model_name):
         try:
-            result = demo.fuse(uploads, model_name, preset)
+            result = demo.fuse(uploads, model_name)
         except LoopExposeError as exc:
             raise gr.Error(demo.public_message(exc)) from None
         download = gr.DownloadButton(value=str(result.download), visible=True)
@@ -450,7 +446,6 @@ def build_app(demo: WebDemo):
                         label="Bracket: 2 or more photos of one scene, in any order", elem_id="fuse-input",
                     )
                     fuse_model = gr.Dropdown(names, value=names[0], label="Model", elem_id="fuse-model")
-                    preset = gr.Radio(list(PRESETS), value="opencv", label="Fusion weights", elem_id="fuse-preset")
                     fuse_button = gr.Button("Fuse", variant="primary", elem_id="fuse-button")
                     gr.Examples(
                         [[[str(p) for p in bracket]] for bracket in brackets], inputs=[files], elem_id="fuse-examples",
@@ -468,7 +463,7 @@ def build_app(demo: WebDemo):
             ordered = gr.Gallery(label="Frames in exposure order", elem_id="fuse-ordered", **gallery)
             corrected = gr.Gallery(label="Corrected frames", elem_id="fuse-corrected", **gallery)
             fuse_button.click(
-                run_fuse, [files, fuse_model, preset], [ordered, corrected, fused, fuse_report, fuse_download],
+                run_fuse, [files, fuse_model], [ordered, corrected, fused, fuse_report, fuse_download],
                 concurrency_limit=1,
             )
     demo.keep_current_uploads()

@@ -14,8 +14,11 @@ Protocols:
 
 Methods (:func:`build_methods`) by name: ``identity``, ``gain``, ``gamma``, ``autolevels``, ``clahe`` (SEC
 baselines), ``mertens-cv2`` (OpenCV), ``mertens`` / ``mertens:<preset>`` (ours), and ``model:<spec>`` (a bundled
-name or a ``.safetensors`` file), which adds its LoopExpose MEF twice: ``loopmef:<spec>`` fuses the corrected
-frames and ``loopmef+in:<spec>`` fuses corrected and input frames together.
+name or a ``.safetensors`` file), which adds three fusions of its corrected frames: ``loopmef:<spec>``, the
+LoopExpose MEF result (:func:`loopexpose.fusion.loop_fuse`: tone from corrected and input frames, detail from the
+inputs), ``loopmef-plain:<spec>`` (Mertens of corrected and input frames: the rule of the training labels) and
+``loopmef-corrected:<spec>`` (Mertens of the corrected frames alone). ``mertens-detail`` is ``loop_fuse`` of the
+inputs alone, to separate what the fusion rule adds from what the corrected frames add.
 
 Everything is deterministic: scenes are sorted, nothing is random, and reports carry no timestamps.
 """
@@ -85,21 +88,20 @@ class Method:
     Attributes:
         name: as given on the command line (``gain``, ``model:default``, ``loopmef:default``).
         kind: ``"sec"`` (``run`` maps ``(N, 3, H, W)`` frames to ``(N, 3, H, W)``, each frame corrected on its own)
-            or ``"mef"`` (``run`` maps ``(N, 3, H, W)`` frames to one ``(3, H, W)`` image).
+            or ``"mef"`` (``run`` maps ``(N, 3, H, W)`` frames to one ``(3, H, W)`` image; with a ``source``, it
+            maps ``(frames, corrected frames)`` to one image).
         run: the function, inputs and outputs in ``[0, 1]``.
         description: one line for reports.
         baseline: a simple training-free method (reports point out where these win).
         source: for a LoopExpose MEF, the SEC method whose corrected frames it fuses.
-        with_inputs: a LoopExpose MEF that fuses the input frames too.
     """
 
     name: str
     kind: str
-    run: Callable[[torch.Tensor], torch.Tensor]
+    run: Callable[..., torch.Tensor]
     description: str = ""
     baseline: bool = False
     source: str | None = None
-    with_inputs: bool = False
 
 
 def _model_runner(spec: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -142,12 +144,13 @@ def build_methods(
         names: method names, in the order reports show them.
         device: where models run (``cpu``, ``cuda``, ``auto``).
         fusion_preset: Mertens preset of ``mertens`` and of the LoopExpose MEF (``opencv`` or ``mertens``).
-        model_fusion: add ``loopmef:<spec>`` and ``loopmef+in:<spec>`` for each model.
+        model_fusion: add ``loopmef:<spec>``, ``loopmef-plain:<spec>`` and ``loopmef-corrected:<spec>`` for each
+            model.
 
     Raises:
         LoopExposeError: an unknown name, or a model that cannot be loaded.
     """
-    from loopexpose.fusion import PRESETS
+    from loopexpose.fusion import PRESETS, loop_fuse
 
     if fusion_preset not in PRESETS:
         raise LoopExposeError(f"unknown fusion preset {fusion_preset!r} (known: {', '.join(PRESETS)})")
@@ -166,6 +169,8 @@ def build_methods(
         if name in simple:
             function, text = simple[name]
             methods.append(Method(name, SEC, function, text, baseline=True))
+        elif name == "mertens-detail":
+            methods.append(Method(name, MEF, loop_fuse, "loop_fuse of the inputs alone (no corrected frames)"))
         elif name == "mertens-cv2":
             methods.append(Method(name, MEF, _opencv_mertens, "cv2.createMergeMertens() on the 5 inputs"))
         elif name == "mertens" or name.startswith("mertens:"):
@@ -180,12 +185,16 @@ def build_methods(
             methods.append(Method(name, SEC, _model_runner(spec, device), f"correction model {spec}"))
             if model_fusion:
                 fuse = _fuser(fusion_preset)
-                methods.append(Method(f"loopmef:{spec}", MEF, fuse, f"Mertens ({fusion_preset}) of {spec}'s "
-                                      "corrected frames", source=name))  # fmt: skip
-                methods.append(Method(f"loopmef+in:{spec}", MEF, fuse, f"Mertens ({fusion_preset}) of {spec}'s "
-                                      "corrected frames and the inputs", source=name, with_inputs=True))  # fmt: skip
+                methods += [
+                    Method(f"loopmef:{spec}", MEF, loop_fuse, f"LoopExpose MEF: loop_fuse of the inputs and {spec}'s "
+                           "corrected frames", source=name),
+                    Method(f"loopmef-plain:{spec}", MEF, lambda x, c: fuse(torch.cat([c, x])), f"Mertens "
+                           f"({fusion_preset}) of {spec}'s corrected frames and the inputs", source=name),
+                    Method(f"loopmef-corrected:{spec}", MEF, lambda x, c: fuse(c), f"Mertens ({fusion_preset}) of "
+                           f"{spec}'s corrected frames alone", source=name),
+                ]  # fmt: skip
         else:
-            known = ", ".join([*simple, "mertens-cv2", "mertens", "mertens:<preset>", "model:<spec>"])
+            known = ", ".join([*simple, "mertens-cv2", "mertens", "mertens:<preset>", "mertens-detail", "model:<spec>"])
             raise LoopExposeError(f"unknown method {name!r} (known: {known})")
     seen = set()
     for method in methods:
@@ -385,12 +394,8 @@ def evaluate_bracket5(
         outputs: dict[str, torch.Tensor] = {}
         for method in sorted(methods, key=lambda m: m.kind != SEC):  # SEC first: LoopExpose MEF fuses their output
             with torch.no_grad():
-                stack = frames
-                if method.source is not None:
-                    stack = outputs[method.source]
-                    if method.with_inputs:
-                        stack = torch.cat([stack, frames])
-                outputs[method.name] = method.run(stack).clamp(0, 1).to(frames.device, frames.dtype)
+                args = (frames,) if method.source is None else (frames, outputs[method.source])
+                outputs[method.name] = method.run(*args).clamp(0, 1).to(frames.device, frames.dtype)
         # MEF-SSIM of every output image against this stack in one call: the stack's part is computed once.
         scored = [m for m in methods if m.kind == MEF or mef_ssim_frames]
         if scored:

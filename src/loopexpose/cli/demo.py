@@ -43,7 +43,8 @@ def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
     photo: str = typer.Option("coffee", help=f"scikit-image photo: {', '.join(PHOTOS)}."),
     model: str = typer.Option("default", "--model", "-m", help="Bundled model name or .safetensors file."),
-    preset: str = typer.Option("opencv", help="Fusion preset: opencv (1,1,0) or mertens (1,1,1)."),
+    preset: str = typer.Option("opencv", help="Preset of the plain Mertens fusion shown beside the LoopExpose MEF: "
+                               "opencv (1,1,0) or mertens (1,1,1)."),
 ) -> None:
     """Render a bracket from a scikit-image photo, correct every frame, fuse, and write a comparison."""
     from loopexpose import fusion
@@ -57,7 +58,7 @@ def demo(
     corrected = torch.stack([corrector.correct(frame) for frame in frames])
     seconds = time.perf_counter() - started
     fused_inputs = fusion.fuse(frames, preset=preset).clamp(0, 1)
-    fused_corrected = fusion.fuse(corrected, preset=preset).clamp(0, 1)
+    fused_loop = fusion.loop_fuse(frames, corrected).clamp(0, 1)
 
     out.mkdir(parents=True, exist_ok=True)
     labels = [f"EV {ev:+g}" for ev in EVS]
@@ -66,15 +67,15 @@ def demo(
         write_image(out / f"input_{tag}.png", to_numpy(frame))
         write_image(out / f"corrected_{tag}.png", to_numpy(fixed))
     write_image(out / "fused_inputs_mertens.png", to_numpy(fused_inputs))
-    write_image(out / "fused_corrected_loopexpose.png", to_numpy(fused_corrected))
+    write_image(out / "fused_loopexpose.png", to_numpy(fused_loop))
     sheet = comparison_sheet(
         [
             ("Input bracket (rendered from scikit-image's '" + photo + "')", [to_numpy(f) for f in frames], labels),
             (f"Corrected by model '{model}', each frame on its own", [to_numpy(f) for f in corrected], labels),
             (
                 "Fusion",
-                [to_numpy(fused_inputs), to_numpy(fused_corrected)],
-                ["Mertens of inputs", "Mertens of corrected (LoopExpose MEF)"],
+                [to_numpy(fused_inputs), to_numpy(fused_loop)],
+                [f"Mertens ({preset}) of the inputs", "LoopExpose MEF (corrected frames + inputs)"],
             ),
         ]
     )

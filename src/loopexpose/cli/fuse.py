@@ -23,7 +23,7 @@ def fuse_scene(
     bits: int = 8,
     device: str = "cpu",
     max_side: int = 0,
-    prepare: Callable | None = None,
+    corrector: Callable | None = None,
 ) -> Path:
     """Load one scene's bracket (ordered by :mod:`loopexpose.io`), fuse it, and write ``target`` atomically.
 
@@ -34,8 +34,9 @@ def fuse_scene(
         bits: 8 or 16 bits per sample in the output.
         device: torch device for the fusion (``"cpu"``, ``"cuda"``, ...).
         max_side: downscale frames so the long side is at most this (0: full size).
-        prepare: optional step applied to the ``(N, 3, H, W)`` frames before fusing (e.g. exposure correction
-            with a model, :func:`loopexpose.fusion.correct_frames`).
+        corrector: an exposure-correction model (``(N, 3, H, W) -> (N, 3, H, W)``); with one, the result is the
+            LoopExpose MEF (:func:`loopexpose.fusion.loop_fuse` of the inputs and the corrected frames) and
+            ``preset`` is not used.
 
     Raises:
         LoopExposeError: the scene cannot be read or the output cannot be written.
@@ -46,10 +47,11 @@ def fuse_scene(
 
     bracket = io.order_bracket(scene)
     frames = io.load_bracket(bracket, max_side=max_side).to(device)
-    if prepare is not None:
-        frames = prepare(frames)
     with torch.no_grad():
-        fused = fusion.fuse(frames, preset=preset).clamp_(0, 1)
+        if corrector is None:
+            fused = fusion.fuse(frames, preset=preset).clamp_(0, 1)
+        else:
+            fused = fusion.loop_fuse(frames, fusion.correct_frames(frames, corrector)).clamp_(0, 1)
     icc = io.read_image(bracket.paths[0]).icc if bracket.paths else None  # frames of a bracket share a profile
     return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc)
 
@@ -59,8 +61,8 @@ def fuse(
     scenes: list[Path] = typer.Argument(..., help="Scene folders, or folders (collections) of scene folders."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: one OUT/<scene name>.<format> per scene."),
     preset: str = typer.Option(
-        "opencv", help="Fusion weights: 'opencv' (contrast, saturation; cv2.createMergeMertens defaults, used by "
-        "LoopExpose) or 'mertens' (also well-exposedness, as in the paper).",
+        "opencv", help="Plain fusion's weights: 'opencv' (contrast, saturation; cv2.createMergeMertens defaults) or "
+        "'mertens' (also well-exposedness, as in the paper). Not used with --correct.",
     ),  # fmt: skip
     out_bits: int = typer.Option(8, "--out-bits", help="Bits per sample: 8 or 16 (16: png or tif)."),
     format: str = typer.Option("png", "--format", help="Output format: png, tif or jpg."),
@@ -68,7 +70,8 @@ def fuse(
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     overwrite: bool = typer.Option(True, help="Replace existing outputs (--no-overwrite skips those scenes)."),
     correct: bool = typer.Option(
-        False, "--correct", help="Correct every frame with --model first, then fuse them (the LoopExpose MEF result)."
+        False, "--correct", help="Correct every frame with --model, then fuse the corrected frames with the inputs "
+        "(the LoopExpose MEF result: tone from the corrected frames, detail from the inputs).",
     ),
     model: str = typer.Option("default", help="With --correct: bundled model name or a .safetensors checkpoint."),
 ) -> None:
@@ -91,12 +94,11 @@ def fuse(
     if out_bits == 16 and format == "jpg":
         raise LoopExposeError("--out-bits 16 needs --format png or tif (JPEG is 8-bit)")
     device = _device(device)
-    prepare = None
+    corrector = None
     if correct:
         from loopexpose.models import load
 
-        corrector = load(model, device)
-        prepare = lambda frames: fusion.correct_frames(frames, corrector.correct)  # noqa: E731
+        corrector = load(model, device).correct
     folders = [scene for path in scenes for scene in find_scenes(path)]
     _refuse_name_clashes(folders)
 
@@ -115,7 +117,7 @@ def fuse(
             else:
                 try:
                     fuse_scene(
-                        folder, target, preset=preset, bits=out_bits, device=device, max_side=max_side, prepare=prepare
+                        folder, target, preset=preset, bits=out_bits, device=device, max_side=max_side, corrector=corrector
                     )
                     written += 1
                 except LoopExposeError as exc:
