@@ -68,7 +68,15 @@ DEFAULTS: dict = {
         "weight_decay": 1e-4,
         "grad_clip": 1.0,
     },
-    "loss": {"l1": 1.0, "ssim": 0.5, "ranking": 0.1, "ranking_margin": 0.1, "ranking_reduction": "mean"},
+    "loss": {
+        "l1": 1.0,
+        "ssim": 0.5,
+        "ranking": 0.1,
+        "ranking_margin": 0.1,
+        "ranking_reduction": "mean",
+        "perceptual": 0.0,
+        "perceptual_weights": "",
+    },
     "fusion": {"preset": "opencv", "feedback": "corrected+inputs"},
     # speed settings used on CUDA only; CPU runs ignore them (float32, in-process loading, bit-for-bit repeatable)
     "cuda": {"amp": True, "channels_last": True, "compile": False, "workers": 4},
@@ -243,6 +251,13 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     if ctx.distributed:
         console.print(f"{ctx.world_size} ranks, {tcfg['brackets_per_step'] // ctx.world_size} brackets each per step")
 
+    perceptual = None  # the optional ST-LPIPS term (loopexpose.perceptual), frozen
+    if lcfg["perceptual"] > 0:
+        from loopexpose.perceptual import load_stlpips
+
+        perceptual = load_stlpips(lcfg["perceptual_weights"] or None, device)
+        console.print("perceptual loss: ST-LPIPS VGG from " + str(lcfg["perceptual_weights"] or "stlpips-pytorch"))
+
     # --- model and optimiser
     channels_last = cuda and ccfg["channels_last"]
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -300,6 +315,8 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
                         result["luminance"].float().view(b, -1), lcfg["ranking_margin"], lcfg["ranking_reduction"]
                     ),
                 }
+                if perceptual is not None:
+                    terms["perceptual"] = perceptual(corrected.flatten(0, 1), target.flatten(0, 1)).mean()
                 loss = sum(lcfg[name] * value for name, value in terms.items())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()  # with DDP the gradients arrive averaged over ranks
@@ -378,8 +395,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     epochs = [r["epoch"] for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in ("loss", "l1", "ssim", "ranking"):
-        left.plot(epochs, [r.get(name, np.nan) for r in history], label=name)
+    for name in ("loss", "l1", "ssim", "ranking", "perceptual"):
+        if any(name in r for r in history):
+            left.plot(epochs, [r.get(name, np.nan) for r in history], label=name)
     left.set_xlabel("epoch"), left.set_ylabel("training loss"), left.set_yscale("log"), left.legend()
     for name in ("val_psnr_ref", "val_psnr_label", "val_consistency"):
         if any(name in r for r in history):
