@@ -75,7 +75,7 @@ def demo(
             (
                 "Fusion",
                 [to_numpy(fused_inputs), to_numpy(fused_loop)],
-                [f"Mertens ({preset}) of the inputs", "LoopExpose MEF (corrected frames + inputs)"],
+                [f"Mertens ({preset}) of the inputs", "LoopExpose MEF (corrected + inputs)"],
             ),
         ]
     )
