@@ -223,3 +223,128 @@ def test_training_run_writes_loadable_checkpoints_and_resumes(tmp_path):
     config["train"]["steps"] = 5
     run(config, "cpu", True, tmp_path / "run")
     assert load(tmp_path / "run" / "last.safetensors").metadata["step"] == 5
+
+
+# ------------------------------------------------- FastSAM through ultralytics (a stand-in module: see below)
+# ultralytics needs torchvision, whose PyPI wheels pull a CUDA build of torch, so it is not a test dependency.
+# These tests put a small stand-in for ``ultralytics.FastSAM`` in ``sys.modules``: it records how it is called
+# and returns fixed masks in ultralytics' result layout (``results[0].masks.data``, (N, H, W) floats), which
+# exercises everything of ours around the real call.
+
+
+class _FakeFastSAM:
+    calls: list = []
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, image, imgsz, retina_masks, verbose, device):
+        from types import SimpleNamespace
+
+        _FakeFastSAM.calls.append({"shape": image.shape, "dtype": image.dtype, "imgsz": imgsz, "device": device,
+                                   "retina_masks": retina_masks, "blue_first": float(image[..., 0].mean())})  # fmt: skip
+        h, w = image.shape[:2]
+        big = torch.zeros(h, w)
+        big[:, : w // 2] = 1  # left half
+        small = torch.zeros(h, w)
+        small[: h // 2, : w // 4] = 1  # top-left quarter of the left half: wins where both cover
+        return [SimpleNamespace(masks=SimpleNamespace(data=torch.stack([small, big])))]
+
+
+@pytest.fixture()
+def fake_ultralytics(monkeypatch, tmp_path):
+    import sys
+    from types import ModuleType
+
+    module = ModuleType("ultralytics")
+    module.FastSAM = _FakeFastSAM
+    monkeypatch.setitem(sys.modules, "ultralytics", module)
+    _FakeFastSAM.calls = []
+    weights = tmp_path / "FastSAM-s.pt"
+    weights.write_bytes(b"stand-in")
+    return weights
+
+
+def test_fastsam_masks_are_painted_largest_first_and_ordered(fake_ultralytics):
+    from loopexpose.semantics.regions import FastSAMRegions
+
+    regions = FastSAMRegions(fake_ultralytics, regions=4, imgsz=128)
+    images = torch.zeros(2, 3, 16, 24)
+    images[:, 2] = 0.8  # blue: the stand-in sees BGR uint8, blue first
+    images[:, :, :, 12:] += 0.1  # the right half (no mask) is the brightest region
+    masks = regions(images)
+    assert masks.shape == (2, 4, 16, 24)
+    assert torch.equal(masks.sum(1), torch.ones(2, 16, 24))  # one-hot
+    labels = masks.argmax(1)[0]
+    quarter, rest_of_left, right = labels[0, 0].item(), labels[12, 0].item(), labels[0, 20].item()
+    assert len({quarter, rest_of_left, right}) == 3  # the small mask kept its own region inside the big one
+    assert masks[0, 3].sum() == 0 and right == 2  # darkest first: the bright right half is the last region used
+    call = _FakeFastSAM.calls[0]
+    assert call["shape"] == (16, 24, 3) and call["dtype"] == np.uint8 and call["imgsz"] == 128
+    assert call["retina_masks"] and call["blue_first"] > 200
+
+
+def test_fastsam_errors_are_clear(tmp_path, monkeypatch):
+    import sys
+
+    from loopexpose.errors import LoopExposeError
+    from loopexpose.semantics.regions import FastSAMRegions
+
+    with pytest.raises(LoopExposeError, match=r"missing\.pt: segmenter weights not found"):
+        FastSAMRegions(tmp_path / "missing.pt")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # not installed
+    with pytest.raises(LoopExposeError, match=r"pip install 'loopexpose\[semantic\]'"):
+        FastSAMRegions(weights)
+
+
+def test_correct_cli_uses_fastsam_masks_with_the_semantic_model(fake_ultralytics, model, tmp_path):
+    from typer.testing import CliRunner
+
+    from loopexpose.cli import app
+    from loopexpose.io import read_image, write_image
+
+    checkpoint = save(model, tmp_path / "semantic.safetensors")
+    photo = write_image(tmp_path / "in" / "photo.png", synthetic_bracket(3, 40, 56)[0].permute(1, 2, 0).numpy())
+    runner = CliRunner()
+    args = ["correct", str(photo), "--model", str(checkpoint), "--device", "cpu"]
+    with_fastsam = runner.invoke(app, [*args, "-o", str(tmp_path / "a"), "--segmenter-weights", str(fake_ultralytics)])
+    built_in = runner.invoke(app, [*args, "-o", str(tmp_path / "b")])
+    assert with_fastsam.exit_code == 0 and built_in.exit_code == 0, with_fastsam.output + built_in.output
+    assert "regions: FastSAM (local weights)" in with_fastsam.output and _FakeFastSAM.calls
+    assert "regions: slic superpixels" in built_in.output
+    a = read_image(tmp_path / "a" / "photo_loopexpose.png").pixels
+    b = read_image(tmp_path / "b" / "photo_loopexpose.png").pixels
+    assert not np.array_equal(a, b)  # the masks changed the correction
+    wrong = runner.invoke(app, ["correct", str(photo), "-o", str(tmp_path / "c"), "--model", "default",
+                                "--segmenter-weights", str(fake_ultralytics)])  # fmt: skip
+    assert "is for the semantic model" in str(wrong.exception)
+
+
+def test_training_with_fastsam_and_clip_flags(fake_ultralytics, tmp_path):
+    from typer.testing import CliRunner
+
+    from loopexpose.cli import app
+
+    _write_brackets(tmp_path / "data")
+    config = tmp_path / "semantic.toml"
+    config.write_text(
+        'method = "semantic"\n'
+        f'out_dir = "{tmp_path / "run"}"\n'
+        f'[data]\nroot = "{tmp_path / "data"}"\nmax_side = 40\ncrop = 32\nval_fraction = 0.34\n'
+        "[model]\nwork_side = 32\nwidth = 8\n"
+        "[recogniser]\nsteps = 2\nbatch = 4\n"
+        "[train]\nsteps = 2\nbatch = 2\neval_every = 2\nlog_every = 1\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--config", str(config), "--segmenter-weights", str(fake_ultralytics)])
+    assert result.exit_code == 0, result.output
+    components = next(json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+                      if json.loads(line)["event"] == "components")  # fmt: skip
+    assert components["regions"] == "FastSAM (local weights)" and _FakeFastSAM.calls
+    missing = runner.invoke(app, ["train", "--config", str(config), "--clip-weights", str(tmp_path / "nope")])
+    assert "nope: clip weights not found" in str(missing.exception)
+    plain = runner.invoke(app, ["train", "--config", "configs/default.toml", "--segmenter-weights",
+                                str(fake_ultralytics)])  # fmt: skip
+    assert "are for the semantic model" in str(plain.exception)

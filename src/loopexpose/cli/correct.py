@@ -188,6 +188,10 @@ def correct(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output already exists."),
     workers: int = typer.Option(1, help="Files corrected at once (threads; each photo already uses 2 threads)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+    segmenter_weights: Path = typer.Option(
+        None, "--segmenter-weights", help="Semantic model: region masks from local FastSAM weights (.pt, read by "
+        "ultralytics) instead of its built-in superpixels. Never downloaded.",
+    ),
 ) -> None:
     """Correct the exposure of photos at full resolution with a LoopExpose model.
 
@@ -215,6 +219,15 @@ def correct(
     except RuntimeError:
         raise LoopExposeError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}") from None
     network = load(model, torch_device)
+    if hasattr(network, "use_segmenter"):  # the semantic model: say which region masks it uses
+        if segmenter_weights is not None:
+            from loopexpose.semantics.regions import FastSAMRegions
+
+            fastsam = FastSAMRegions(segmenter_weights, regions=network.config.regions, device=str(torch_device))
+            network.use_segmenter(fastsam, "FastSAM (local weights)")
+        Console(stderr=True).print(f"regions: {escape(network.regions_name)}", highlight=False)
+    elif segmenter_weights is not None:
+        raise LoopExposeError(f"--segmenter-weights is for the semantic model; {model!r} does not use regions")
 
     jobs = expand_inputs(paths, recursive=recursive, exclude=out)
     if not jobs:

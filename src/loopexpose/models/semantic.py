@@ -206,6 +206,7 @@ class SemanticNet(ExposureModel):
         nn.init.zeros_(self.head.weight)  # start as the identity
         nn.init.zeros_(self.head.bias)
         self.recogniser = ExposureRecogniser()
+        self.segmenter, self._regions_name = None, ""  # see use_segmenter(); not part of the checkpoint
 
     def thumbnail(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> ``(B, 3, h, w)`` with long side ``min(work_side, max(H, W))`` (area filter)."""
@@ -216,8 +217,21 @@ class SemanticNet(ExposureModel):
         return F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
 
     def regions(self, thumb: torch.Tensor) -> torch.Tensor:
-        """The built-in region provider on a thumbnail: ``(B, 3, h, w)`` -> ``(B, K, h, w)`` one-hot masks."""
+        """Region masks of a thumbnail: ``(B, 3, h, w)`` -> ``(B, K, h, w)`` one-hot, from the segmenter set with
+        :meth:`use_segmenter` (e.g. FastSAM), else the built-in superpixels."""
+        if self.segmenter is not None:
+            return self.segmenter(thumb).to(thumb)
         return superpixel_regions(thumb, self.config.regions, self.config.segmenter)
+
+    def use_segmenter(self, provider, name: str) -> None:
+        """Take region masks from ``provider`` (``(B, 3, h, w)`` -> ``(B, K, h, w)``, K = ``config.regions``)
+        instead of the built-in superpixels; ``name`` says what it is (:attr:`regions_name`)."""
+        self.segmenter, self._regions_name = provider, name
+
+    @property
+    def regions_name(self) -> str:
+        """What makes the region masks, in words (the CLI prints it)."""
+        return self._regions_name or f"{self.config.segmenter} superpixels (scikit-image; offline stand-in for FastSAM)"
 
     def predict(self, thumb: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Curve strengths ``(B, 3n, h, w)`` in [-1, 1] from a thumbnail and its region masks."""

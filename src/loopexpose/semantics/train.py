@@ -82,8 +82,9 @@ def load_scenes(cfg: dict) -> list[tuple[str, torch.Tensor]]:
 def build_region_provider(model, guidance: dict):
     """FastSAM when ``segmenter_weights`` names a file, else the model's built-in superpixels."""
     if guidance["segmenter_weights"]:
-        return FastSAMRegions(guidance["segmenter_weights"], regions=model.config.regions), "FastSAM (local weights)"
-    return model.regions, f"{model.config.segmenter} superpixels (scikit-image; offline stand-in for FastSAM)"
+        model.use_segmenter(FastSAMRegions(guidance["segmenter_weights"], regions=model.config.regions),
+                            "FastSAM (local weights)")  # fmt: skip
+    return model.regions, model.regions_name
 
 
 def random_crop(tensors: list[torch.Tensor], size: int, generator: torch.Generator) -> list[torch.Tensor]:
