@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/fusion.py              # speed table + batched fusion + 9 x 24 MP memory
+    .venv/bin/python bench/fusion.py              # speed table + LoopExpose MEF + batched fusion + 9 x 24 MP memory
     .venv/bin/python bench/fusion.py --quick      # 0.5 and 3 MP only, no memory run
 
 Brackets: five frames (about -2..+2 EV around mid-grey) of an HDRPS scene from ``../shared/data`` resized to
@@ -10,8 +10,11 @@ each size (a synthetic bracket when the data is absent). Both sides get the same
 library's layout are outside the timed region; times are the best of ``--repeats`` runs, ours and OpenCV's
 interleaved so that background load hits both alike. Preset: OpenCV's defaults (1, 1, 0) on both sides.
 
+The LoopExpose MEF line times ``fusion.loop_fuse`` of the 5 frames and their 5 corrected frames (corrected by
+the bundled ``default`` model beforehand, not timed) against OpenCV's Mertens fusion of the 5 frames.
+
 The memory figure comes from a child process that only fuses 9 frames of 24 megapixels (6000 x 4000) and
-reports its peak resident memory (``ru_maxrss``), the input bracket included.
+reports its peak resident memory (``VmHWM``), the input bracket included.
 """
 
 from __future__ import annotations
@@ -88,6 +91,27 @@ def speed_table(megapixels: list[float], repeats: int) -> list[dict]:
     return rows
 
 
+def loop_mef(megapixels: list[float], repeats: int) -> list[dict]:
+    from loopexpose.models import load
+
+    base = source_bracket()
+    model = load("default")
+    merge = cv2.createMergeMertens(*fusion.PRESETS["opencv"])
+    rows = []
+    for mp in megapixels:
+        height, width = SIZES[mp]
+        frames = resized(base, height, width)
+        inputs = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+        corrected = model.correct(inputs)
+        cv_input = [np.ascontiguousarray(f * 255.0, dtype=np.float32) for f in frames]
+        theirs = best_of(lambda: merge.process(cv_input), repeats)
+        ours = best_of(lambda: fusion.loop_fuse(inputs, corrected), repeats)
+        rows.append({"mp": mp, "loop_fuse_s": ours, "opencv_s": theirs, "ratio": ours / theirs})
+        print(f"{mp:>5} MP LoopExpose MEF (5 + 5 frames): loop_fuse {ours:.3f} s, OpenCV Mertens of the 5 inputs "
+              f"{theirs:.3f} s, ratio {ours / theirs:.2f}", flush=True)  # fmt: skip
+    return rows
+
+
 def batched(repeats: int, brackets: int = 8, mp: float = 0.5) -> dict:
     height, width = SIZES[mp]
     frames = torch.from_numpy(resized(source_bracket(), height, width)).permute(0, 3, 1, 2)
@@ -102,6 +126,17 @@ def batched(repeats: int, brackets: int = 8, mp: float = 0.5) -> dict:
             "batched_s_per_bracket": together / brackets}  # fmt: skip
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory. Linux's ``VmHWM`` belongs to the process image, whereas
+    ``ru_maxrss`` is inherited across fork and exec, so a child would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def memory_child() -> None:
     """Fuse 9 frames of 24 MP and print peak RSS (GiB) and time as JSON."""
     torch.set_num_threads(2)
@@ -113,11 +148,11 @@ def memory_child() -> None:
     for i, ev in enumerate(range(-4, 5)):
         torch.mul(base, 2.0 ** (ev / 2), out=images[i]).clamp_(0, 1)
     del base
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    before = peak_rss_gib()
     start = time.perf_counter()
     fused = fusion.fuse(images)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_gib()
     print(json.dumps({"input_gib": images.numel() * 4 / 2**30, "rss_before_gib": before, "peak_rss_gib": peak,
                       "seconds": seconds, "finite": bool(torch.isfinite(fused).all())}))  # fmt: skip
 
@@ -145,6 +180,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, OpenCV {cv2.__version__}, {platform.processor() or platform.machine()}, "
           f"torch threads {torch.get_num_threads()}, OpenCV threads {cv2.getNumThreads()}")  # fmt: skip
     speed_table([0.5, 3] if args.quick else [0.5, 3, 12], args.repeats)
+    loop_mef([3] if args.quick else [3, 12], max(1, args.repeats // 2))
     batched(args.repeats)
     if not args.quick:
         memory()

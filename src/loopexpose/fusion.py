@@ -239,21 +239,27 @@ def _power(measure: torch.Tensor, exponent: float) -> torch.Tensor | None:
 
 
 def quality_weights(
-    images: torch.Tensor, contrast: float = 1.0, saturation: float = 1.0, exposedness: float = 1.0
+    images: torch.Tensor,
+    contrast: float = 1.0,
+    saturation: float = 1.0,
+    exposedness: float = 1.0,
+    normalise: bool = True,
 ) -> torch.Tensor:
     """Normalised Mertens weights of the frames of one or more brackets.
 
     ``w = contrast^a * saturation^b * exposedness^c + 1e-12``, divided by its sum over the frames. Computed in
     float32 (or float64 for float64 input) whatever the input's dtype: the epsilon underflows in half precision.
+    With ``normalise=False`` the division is left out (to normalise over frames held in several tensors).
 
     Args:
         images: ``(*, N, 3, H, W)`` RGB in ``[0, 1]``; the frames of a bracket are along dimension ``-4``.
         contrast: exponent of the contrast measure (0 ignores it).
         saturation: exponent of the saturation measure.
         exposedness: exponent of the well-exposedness measure.
+        normalise: divide by the sum over the frames.
 
     Returns:
-        ``(*, N, 1, H, W)`` float32 weights, non-negative, summing to 1 over ``N``.
+        ``(*, N, 1, H, W)`` float32 weights, non-negative, summing to 1 over ``N`` (when normalised).
 
     Example:
         >>> w = quality_weights(torch.rand(4, 3, 8, 8))
@@ -271,19 +277,21 @@ def quality_weights(
     height, width = work.shape[-2:]
     rows = max(2, STRIP_PIXELS // (work[..., 0, 0, :].numel()))
     if _recording(work) or work.device.type != "cpu" or height <= rows:
-        return _weights_of_block(work, *exponents)
+        return _weights_of_block(work, *exponents, normalise)
     # On the CPU, go in strips of rows that stay in cache: a dozen full-size temporaries cost ~5x more, mostly
     # in page faults. The Laplacian needs one row above and below each strip.
     out = torch.empty_like(work[..., :1, :, :])
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         first, last = max(0, top - 1), min(height, bottom + 1)
-        block = _weights_of_block(work[..., first:last, :], *exponents)
+        block = _weights_of_block(work[..., first:last, :], *exponents, normalise)
         out[..., top:bottom, :] = block[..., top - first : bottom - first, :]
     return out
 
 
-def _weights_of_block(work: torch.Tensor, contrast: float, saturation: float, exposedness: float) -> torch.Tensor:
+def _weights_of_block(
+    work: torch.Tensor, contrast: float, saturation: float, exposedness: float, normalise: bool = True
+) -> torch.Tensor:
     in_place = not _recording(work)
 
     def times(weight: torch.Tensor | None, factor: torch.Tensor | None) -> torch.Tensor | None:
@@ -299,11 +307,12 @@ def _weights_of_block(work: torch.Tensor, contrast: float, saturation: float, ex
         if exposedness:
             weight = times(weight, _power(_exposedness_from_stats(spread, mean, EXPOSEDNESS_SIGMA), exposedness))
     if weight is None:
-        return torch.full_like(work[..., :1, :, :], 1 / work.shape[-4])
+        return torch.full_like(work[..., :1, :, :], 1 / work.shape[-4] if normalise else 1.0)
+    weight = weight.add_(WEIGHT_EPSILON) if in_place else weight + WEIGHT_EPSILON
+    if not normalise:
+        return weight
     if in_place:
-        weight = weight.add_(WEIGHT_EPSILON)
         return weight.div_(weight.sum(dim=-4, keepdim=True))
-    weight = weight + WEIGHT_EPSILON
     return weight / weight.sum(dim=-4, keepdim=True)
 
 
@@ -747,23 +756,31 @@ def loop_fuse(
     levels = pyramid_levels(*inputs.shape[-2:])
     split = max(levels - base_levels, 0)
     work = inputs if inputs.dtype == torch.float64 else inputs.float()
-    weights = quality_weights(work, *paper)
+    raw = quality_weights(work, *paper, normalise=False)
+    weight = raw / raw.sum(dim=-4, keepdim=True)  # the fine levels: over the inputs
+    if corrected is None:
+        base_weight = weight
+    else:  # the coarse levels: over inputs and corrected frames together, each tensor blended on its own
+        corrected = corrected.to(work)
+        raw_corrected = quality_weights(corrected, *paper, normalise=False)
+        total = raw.sum(dim=-4, keepdim=True) + raw_corrected.sum(dim=-4, keepdim=True)
+        base_weight, corrected_weight = raw / total, raw_corrected / total
+        del raw_corrected, total
+    del raw
     fine: list[torch.Tensor] = []
-    image, weight = work, weights
+    image = work
     for _ in range(split):  # the fine levels: inputs only, weights sharpened by band activity
         smaller = pyr_down(image)
         band = image - pyr_up(smaller, image.shape[-2:])
         salient = weight * _band_activity(band).pow_(detail) + WEIGHT_EPSILON
         fine.append((band * (salient / salient.sum(dim=-4, keepdim=True))).sum(dim=-4))
         image, weight = smaller, pyr_down(weight)
-    if corrected is None:
-        coarse = blend_pyramids(image, weight, levels - split)
-    else:  # the coarse levels: corrected and input frames, Mertens weights of all of them
-        both = torch.cat([corrected.to(work), work], dim=-4)
-        both_weight = quality_weights(both, *paper)
+        base_weight = weight if corrected is None else pyr_down(base_weight)
+    coarse = blend_pyramids(image, base_weight, levels - split)
+    if corrected is not None:
         for _ in range(split):
-            both, both_weight = pyr_down(both), pyr_down(both_weight)
-        coarse = blend_pyramids(both, both_weight, levels - split)
+            corrected, corrected_weight = pyr_down(corrected), pyr_down(corrected_weight)
+        coarse = blend_pyramids(corrected, corrected_weight, levels - split, coarse)
     return collapse_laplacian_pyramid(fine + coarse).to(inputs.dtype)
 
 
