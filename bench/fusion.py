@@ -56,6 +56,13 @@ def resized(bracket: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([cv2.resize(frame, (width, height), interpolation=cv2.INTER_CUBIC) for frame in bracket]).clip(0, 1)
 
 
+def both_layouts(base: np.ndarray, mp: float) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """The bracket at ``mp`` megapixels as our ``(N, 3, H, W)`` tensor and OpenCV's list of 0..255 arrays."""
+    frames = resized(base, *SIZES[mp])
+    ours = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    return ours, [np.ascontiguousarray(f * 255.0, dtype=np.float32) for f in frames]
+
+
 def best_of(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -71,9 +78,7 @@ def speed_table(megapixels: list[float], repeats: int) -> list[dict]:
     rows = []
     for mp in megapixels:
         height, width = SIZES[mp]
-        frames = resized(base, height, width)
-        ours_input = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
-        cv_input = [np.ascontiguousarray(f * 255.0, dtype=np.float32) for f in frames]
+        ours_input, cv_input = both_layouts(base, mp)
         fusion.fuse(ours_input)  # warm-up (allocator, OpenCV thread pool)
         merge.process(cv_input)
         ours, theirs = [], []
@@ -99,11 +104,8 @@ def loop_mef(megapixels: list[float], repeats: int) -> list[dict]:
     merge = cv2.createMergeMertens(*fusion.PRESETS["opencv"])
     rows = []
     for mp in megapixels:
-        height, width = SIZES[mp]
-        frames = resized(base, height, width)
-        inputs = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+        inputs, cv_input = both_layouts(base, mp)
         corrected = model.correct(inputs)
-        cv_input = [np.ascontiguousarray(f * 255.0, dtype=np.float32) for f in frames]
         theirs = best_of(lambda: merge.process(cv_input), repeats)
         ours = best_of(lambda: fusion.loop_fuse(inputs, corrected), repeats)
         rows.append({"mp": mp, "loop_fuse_s": ours, "opencv_s": theirs, "ratio": ours / theirs})
