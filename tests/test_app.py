@@ -83,10 +83,12 @@ def luma_of(data: bytes) -> float:
 
 def test_estimate_exposure():
     assert estimate_exposure(np.full((4, 4, 3), 118, np.uint8)).ev == 0.0
-    half = estimate_exposure(np.full((4, 4, 3), 59 / 255, np.float32))
-    assert half.mean_luma == pytest.approx(59 / 255, abs=1e-6)
-    assert half.ev == pytest.approx(-1.0, abs=1e-5)
-    assert estimate_exposure(torch.full((3, 4, 4), 236 / 255)).ev == pytest.approx(1.0, abs=1e-5)
+    # stops of linear light, as `loopexpose correct --json` reports them: half the light is -1
+    half_light = (118 / 255) * 2 ** (-1 / 2.2)
+    half = estimate_exposure(np.full((4, 4, 3), half_light, np.float32))
+    assert half.mean_luma == pytest.approx(half_light, abs=1e-4)
+    assert half.ev == pytest.approx(-1.0, abs=1e-3)
+    assert estimate_exposure(torch.full((3, 4, 4), (118 / 255) * 2 ** (0.5 / 2.2))).ev == pytest.approx(0.5, abs=1e-3)
     assert estimate_exposure(np.zeros((2, 2, 3), np.uint16)).ev < -12  # black is finite, very negative
 
 

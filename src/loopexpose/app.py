@@ -17,7 +17,6 @@ share link is ever made.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -35,7 +34,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import IMAGE_SUFFIXES, REFERENCE_LUMA, luma
+from loopexpose.io import IMAGE_SUFFIXES
+from loopexpose.io import estimate_exposure as io_estimate_exposure
 
 # Long side of the images sent to the browser (as PNG: lossy previews would misrepresent the result); the
 # downloads stay full resolution.
@@ -62,7 +62,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Exposure:
-    """Estimated exposure of an image: mean Rec. 601 luma in [0, 1] and its EV relative to mid-grey 118/255."""
+    """Estimated exposure of an image: mean Rec. 601 luma in [0, 1] and stops of linear light from mid-grey."""
 
     mean_luma: float
     ev: float
@@ -72,7 +72,8 @@ class Exposure:
 
 
 def estimate_exposure(pixels: np.ndarray | torch.Tensor) -> Exposure:
-    """Mean luma and ``log2(mean / (118/255))`` of an image.
+    """Mean luma and stops from mid-grey of an image (:func:`loopexpose.io.estimate_exposure`, as ``loopexpose
+    correct --json`` reports them).
 
     Args:
         pixels: ``(H, W, 3)`` array (uint8, uint16 or float in [0, 1]) or ``(3, H, W)`` tensor in [0, 1].
@@ -82,10 +83,7 @@ def estimate_exposure(pixels: np.ndarray | torch.Tensor) -> Exposure:
     """
     if isinstance(pixels, torch.Tensor):
         pixels = pixels.detach().cpu().float().permute(1, 2, 0).numpy()
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(pixels.dtype, 1.0)
-    mean = float(luma(pixels.astype(np.float32)).mean() / scale)
-    ev = math.log2(max(mean, 1e-4) / REFERENCE_LUMA)
-    return Exposure(mean, round(ev, 6))
+    return Exposure(*io_estimate_exposure(pixels))
 
 
 def safe_name(name: str, default_suffix: str = ".png") -> str:

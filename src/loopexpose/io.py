@@ -421,9 +421,33 @@ def luma(pixels: np.ndarray) -> np.ndarray:
     return pixels @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)
 
 
-# --------------------------------------------------------------------------------------------- brackets
-
 REFERENCE_LUMA = 118 / 255  # mid-grey target for a bracket's "reference" (well-exposed) frame
+
+
+def estimate_exposure(pixels: np.ndarray) -> tuple[float, float]:
+    """``(mean_luma, ev)`` of an ``(H, W, 3)`` uint8, uint16 or float ``[0, 1]`` RGB image, on a thumbnail of
+    at most 256 pixels a side (area filter).
+
+    ``mean_luma`` is the mean Rec. 601 luma of the sRGB values, in ``[0, 1]``. ``ev`` is
+    ``log2(mean linear luminance / linear mid-grey)``, linear values ``v ** 2.2`` (Rec. 709 weights) and mid-grey
+    :data:`REFERENCE_LUMA`: 0 is a frame as bright as mid-grey on average, -1 one stop (half the light) darker;
+    black is very negative but finite.
+
+    >>> estimate_exposure(np.full((4, 4, 3), 118, np.uint8))
+    (0.4627, 0.0)
+    """
+    scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(pixels.dtype, 1.0)
+    height, width = pixels.shape[:2]
+    factor = min(1.0, 256 / max(height, width))
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    thumb = np.clip(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).astype(np.float32) * np.float32(scale), 0, 1)
+    mean_luma = float(luma(thumb).mean())
+    linear = float((thumb**2.2 @ np.asarray([0.2126, 0.7152, 0.0722], np.float32)).mean())
+    ev = math.log2(max(linear, 1e-6) / REFERENCE_LUMA**2.2)
+    return round(mean_luma, 4), round(ev, 3) + 0.0  # + 0.0: no "-0.0"
+
+
+# --------------------------------------------------------------------------------------------- brackets
 RULES = ("exif", "shutter_times", "filename", "luminance", "single")
 
 

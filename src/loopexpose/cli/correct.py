@@ -9,17 +9,17 @@ EXIF (orientation reset, pixels written upright) and the ICC profile are kept; 1
 outputs unless ``--out-bits 8``. A file that cannot be read or written is reported in one line and the batch
 goes on; the exit code is 2 when any file failed, else 0.
 
-Estimated exposure (``--json``): on a 256-pixel thumbnail, ``mean_luma`` is the mean Rec. 601 luma of the
-sRGB values in ``[0, 1]``, and ``ev`` is ``log2(mean linear luminance / linear mid-grey)``, with linear
-values ``v ** 2.2`` (Rec. 709 weights) and mid-grey ``118 / 255``: 0 is a frame as bright as mid-grey on
-average, -1 one stop darker. ``ev_change`` is after minus before.
+Estimated exposure (``--json``, :func:`loopexpose.io.estimate_exposure`, as the web demo shows it): on a
+256-pixel thumbnail, ``mean_luma`` is the mean Rec. 601 luma of the sRGB values in ``[0, 1]``, and ``ev`` is
+``log2(mean linear luminance / linear mid-grey)``, with linear values ``v ** 2.2`` (Rec. 709 weights) and
+mid-grey ``118 / 255``: 0 is a frame as bright as mid-grey on average, -1 one stop darker. ``ev_change`` is
+after minus before.
 """
 
 from __future__ import annotations
 
 import glob
 import json
-import math
 import sys
 import threading
 import time
@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from loopexpose.cli.app import app
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import LUMA_WEIGHTS, REFERENCE_LUMA
+from loopexpose.io import estimate_exposure
 
 FORMATS = ("same", "jpg", "png", "tif")
 SUFFIX = "_loopexpose"
@@ -126,20 +126,9 @@ def plan_outputs(jobs: list[Job], out_dir: Path, format: str) -> None:
 
 
 def exposure_estimate(pixels) -> dict:
-    """``{"mean_luma", "ev"}`` of ``(H, W, 3)`` uint8/uint16/float pixels (see the module docstring)."""
-    import cv2
-    import numpy as np
-
-    scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(pixels.dtype, 1.0)
-    height, width = pixels.shape[:2]
-    factor = min(1.0, 256 / max(height, width))
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    thumb = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA).astype(np.float32) * np.float32(scale)
-    thumb = np.clip(thumb, 0, 1)
-    mean_luma = float((thumb @ np.asarray(LUMA_WEIGHTS, np.float32)).mean())
-    linear = float((thumb**2.2 @ np.asarray([0.2126, 0.7152, 0.0722], np.float32)).mean())
-    ev = math.log2(max(linear, 1e-6) / REFERENCE_LUMA**2.2)
-    return {"mean_luma": round(mean_luma, 4), "ev": round(ev, 3)}
+    """``{"mean_luma", "ev"}`` of ``(H, W, 3)`` uint8/uint16/float pixels (:func:`loopexpose.io.estimate_exposure`)."""
+    mean_luma, ev = estimate_exposure(pixels)
+    return {"mean_luma": mean_luma, "ev": ev}
 
 
 def correct_file(model, source: Path, target: Path, bits: int | None, max_side: int, quality: int) -> dict:
