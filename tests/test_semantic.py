@@ -236,6 +236,11 @@ class _FakeFastSAM:
     calls: list = []
 
     def __init__(self, path: str) -> None:
+        import os
+
+        if path.endswith("evil.pt"):
+            raise TypeError("references types outside the supported checkpoint format")  # as ultralytics does
+        assert os.path.isabs(path) and os.environ["ULTRALYTICS_SAFE_LOAD"] == "1" and os.environ["YOLO_OFFLINE"] == "1"
         self.path = path
 
     def __call__(self, image, imgsz, retina_masks, verbose, device):
@@ -256,19 +261,26 @@ def fake_ultralytics(monkeypatch, tmp_path):
     import sys
     from types import ModuleType
 
-    module = ModuleType("ultralytics")
-    module.FastSAM = _FakeFastSAM
-    monkeypatch.setitem(sys.modules, "ultralytics", module)
+    for name in ("ULTRALYTICS_SAFE_LOAD", "YOLO_OFFLINE"):  # set by the loader; restored after the test
+        monkeypatch.setenv(name, "0")
+
+    module, nn, tasks = ModuleType("ultralytics"), ModuleType("ultralytics.nn"), ModuleType("ultralytics.nn.tasks")
+    module.FastSAM, module.nn, nn.tasks, tasks.SAFE_LOAD = _FakeFastSAM, nn, tasks, False
+    for name, value in (("ultralytics", module), ("ultralytics.nn", nn), ("ultralytics.nn.tasks", tasks)):
+        monkeypatch.setitem(sys.modules, name, value)
     _FakeFastSAM.calls = []
     weights = tmp_path / "FastSAM-s.pt"
     weights.write_bytes(b"stand-in")
     return weights
 
 
-def test_fastsam_masks_are_painted_largest_first_and_ordered(fake_ultralytics):
+def test_fastsam_masks_are_painted_largest_first_and_ordered(fake_ultralytics, monkeypatch):
+    import sys
+
     from loopexpose.semantics.regions import FastSAMRegions
 
-    regions = FastSAMRegions(fake_ultralytics, regions=4, imgsz=128)
+    monkeypatch.chdir(fake_ultralytics.parent)
+    regions = FastSAMRegions(fake_ultralytics.name, regions=4, imgsz=128)  # a bare name is made absolute
     images = torch.zeros(2, 3, 16, 24)
     images[:, 2] = 0.8  # blue: the stand-in sees BGR uint8, blue first
     images[:, :, :, 12:] += 0.1  # the right half (no mask) is the brightest region
@@ -282,6 +294,7 @@ def test_fastsam_masks_are_painted_largest_first_and_ordered(fake_ultralytics):
     call = _FakeFastSAM.calls[0]
     assert call["shape"] == (16, 24, 3) and call["dtype"] == np.uint8 and call["imgsz"] == 128
     assert call["retina_masks"] and call["blue_first"] > 200
+    assert sys.modules["ultralytics.nn.tasks"].SAFE_LOAD  # weights-only loading even if imported before
 
 
 def test_fastsam_errors_are_clear(tmp_path, monkeypatch):
@@ -297,6 +310,39 @@ def test_fastsam_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ultralytics", None)  # not installed
     with pytest.raises(LoopExposeError, match=r"pip install 'loopexpose\[semantic\]'"):
         FastSAMRegions(weights)
+
+
+def test_fastsam_load_failures_name_the_file(fake_ultralytics):
+    from loopexpose.errors import LoopExposeError
+    from loopexpose.semantics.regions import FastSAMRegions
+
+    evil = fake_ultralytics.with_name("evil.pt")
+    evil.write_bytes(b"x")
+    with pytest.raises(LoopExposeError, match=r"evil\.pt: cannot load FastSAM weights \(TypeError: references types"):
+        FastSAMRegions(evil)
+
+
+def test_fastsam_with_real_ultralytics(tmp_path, monkeypatch):
+    """The real thing, where ultralytics can be imported (it cannot in this project's CI: see docs/models.md): a
+    tiny random YOLOv8-seg, saved as an ultralytics checkpoint, loads through the restricted loader and gives
+    masks; a checkpoint holding anything else is refused."""
+    pytest.importorskip("ultralytics", reason="ultralytics is not installed (it needs torchvision)")
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("ULTRALYTICS_SAFE_LOAD", "1")
+    from ultralytics.nn.tasks import SegmentationModel
+
+    from loopexpose.errors import LoopExposeError
+    from loopexpose.semantics.regions import FastSAMRegions
+
+    torch.manual_seed(0)
+    net = SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False)
+    net.task, net.args = "segment", {"task": "segment", "imgsz": 640}
+    torch.save({"model": net.half(), "train_args": {}, "date": None}, tmp_path / "tiny.pt")
+    masks = FastSAMRegions(tmp_path / "tiny.pt", regions=8, imgsz=128)(torch.rand(2, 3, 50, 70))
+    assert masks.shape == (2, 8, 50, 70) and torch.equal(masks.sum(1), torch.ones(2, 50, 70))
+    torch.save({"model": print}, tmp_path / "evil.pt")  # a pickle naming an arbitrary callable
+    with pytest.raises(LoopExposeError, match=r"evil\.pt: cannot load FastSAM weights"):
+        FastSAMRegions(tmp_path / "evil.pt")
 
 
 def test_correct_cli_uses_fastsam_masks_with_the_semantic_model(fake_ultralytics, model, tmp_path):

@@ -76,7 +76,8 @@ def superpixel_regions(images: torch.Tensor, regions: int = 8, method: str = "sl
 
 
 class FastSAMRegions:
-    """FastSAM instance masks through ``ultralytics`` from a local ``.pt`` file (never downloaded).
+    """FastSAM instance masks through ``ultralytics`` from a local ``.pt`` file (never downloaded; read with
+    ultralytics' weights-only loader, ``ULTRALYTICS_SAFE_LOAD=1``, where the installed version has it).
 
     Masks are painted largest first, so smaller objects win where they overlap; pixels no mask covers form one
     more region. Call with ``(B, 3, H, W)`` images in [0, 1] -> ``(B, K, H, W)`` like :func:`superpixel_regions`.
@@ -86,13 +87,25 @@ class FastSAMRegions:
         path = Path(weights)
         if not path.is_file():
             raise LoopExposeError("segmenter weights not found", path)
+        # ultralytics' restricted loader (torch.load(weights_only=True) against an allow-list of its model
+        # classes; versions without it ignore the flag), and no network use. It reads the flag when imported, so
+        # where it was imported before, its module-level copy is set too.
+        os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+        os.environ["YOLO_OFFLINE"] = "1"
         try:
             from ultralytics import FastSAM
+            from ultralytics.nn import tasks
         except ImportError:
             raise LoopExposeError(
                 "FastSAM needs the optional 'ultralytics' package: pip install 'loopexpose[semantic]'", path
             ) from None
-        self.model, self.regions, self.imgsz, self.device = FastSAM(str(path)), regions, imgsz, device
+        if hasattr(tasks, "SAFE_LOAD"):
+            tasks.SAFE_LOAD = True
+        try:  # an absolute path: ultralytics renames a bare "FastSAM.pt" to "FastSAM-x.pt" and fetches names it lacks
+            self.model = FastSAM(str(path.resolve()))
+        except Exception as exc:  # noqa: BLE001 - whatever ultralytics raises, the file is the problem
+            raise LoopExposeError(f"cannot load FastSAM weights ({type(exc).__name__}: {exc})", path) from None
+        self.regions, self.imgsz, self.device = regions, imgsz, device
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         out = []
