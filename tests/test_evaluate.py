@@ -121,6 +121,11 @@ def test_paired_protocol(tmp_path):
     rows = {(r["method"], r["offset"]): r for r in results.frame_rows}
     assert rows[("identity", 0.0)]["psnr"] == 100.0 and rows[("identity", 0.0)]["ciede2000"] == 0.0
     assert rows[("identity", -1.5)]["psnr"] < rows[("identity", -1.0)]["psnr"]
+    from loopexpose.perceptual import package_weights
+
+    if package_weights() is not None:  # ST-LPIPS rides along when its weights are installed
+        assert rows[("identity", 0.0)]["stlpips"] == pytest.approx(0.0, abs=1e-6)
+        assert rows[("identity", -1.5)]["stlpips"] > rows[("identity", -1.0)]["stlpips"] > 0
     with pytest.raises(LoopExposeError, match="fusion"):
         ev.evaluate_paired(pairs, ev.build_methods(["mertens"]))
     (tmp_path / "gt" / "a0001.png").unlink()

@@ -149,13 +149,18 @@ def test_gamma_and_levels_and_clahe_keep_shape_and_range():
     assert baselines.mean_luma(brighter).item() > baselines.mean_luma(frames[:1]).item()
 
 
-def test_lpips_reports_missing_weights_clearly():
+def test_stlpips_metric_is_the_perceptual_distance(monkeypatch):
+    from loopexpose import perceptual
     from loopexpose.errors import LoopExposeError
 
-    try:
-        import lpips  # noqa: F401
-    except ImportError:
-        with pytest.raises(LoopExposeError, match="lpips"):
-            metrics.lpips_distance(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
-    else:  # pragma: no cover - depends on the environment
-        pytest.skip("lpips installed")
+    if perceptual.package_weights() is None:
+        pytest.skip("stlpips-pytorch is not installed")
+    a, b = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 32, 40)
+    value = metrics.stlpips(a, b)
+    assert value.shape == (2,) and torch.allclose(value, perceptual.load_stlpips()(a, b))
+    assert metrics.stlpips(a, a).abs().max() < 1e-6
+    metrics._stlpips_model.cache_clear()
+    monkeypatch.setattr(perceptual, "package_weights", lambda: None)
+    with pytest.raises(LoopExposeError, match="perceptual"):
+        metrics.stlpips(a, b)
+    metrics._stlpips_model.cache_clear()

@@ -504,7 +504,8 @@ def evaluate_paired(
     on_scene: SceneCallback | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvalResults:
-    """The ``paired`` protocol: PSNR, SSIM and CIEDE2000 of each corrected input against its ground truth.
+    """The ``paired`` protocol: PSNR, SSIM and CIEDE2000 of each corrected input against its ground truth, and
+    ST-LPIPS (:func:`loopexpose.metrics.stlpips`) when its weights are installed.
 
     Only SEC methods apply (a fusion method needs a bracket); others are rejected. ``offset`` in the frame rows
     is the input's EV (rounded to the nearest 0.5; 0 when unknown).
@@ -515,6 +516,9 @@ def evaluate_paired(
     fusion = [m.name for m in methods if m.kind != SEC]
     if fusion:
         raise LoopExposeError(f"the paired protocol scores single images; drop fusion methods: {', '.join(fusion)}")
+    from loopexpose.perceptual import package_weights
+
+    perceptual = package_weights() is not None
     results = EvalResults(
         "paired",
         methods=[{"name": m.name, "kind": m.kind, "description": m.description, "baseline": m.baseline} for m in methods],
@@ -544,6 +548,8 @@ def evaluate_paired(
                 "ssim": float(metrics.ssim(out, target)),
                 "ciede2000": float(metrics.ciede2000(out, target)),
             }
+            if perceptual and min(out.shape[-2:]) >= 16:
+                row["stlpips"] = float(metrics.stlpips(out, target))
             results.scene_rows.append(row)
             offset = round(pair.ev * 2) / 2 if pair.ev is not None else 0.0
             results.frame_rows.append({**row, "frame": 0, "offset": offset, "ev": pair.ev})
@@ -560,8 +566,9 @@ METRIC_LABELS = {
     "consistency": "consistency (dB)",
     "mef_ssim": "MEF-SSIM vs stack",
     "ciede2000": "CIEDE2000",
+    "stlpips": "ST-LPIPS",
 }
-LOWER_IS_BETTER = {"ciede2000"}
+LOWER_IS_BETTER = {"ciede2000", "stlpips"}
 
 
 def _slug(text: str) -> str:
@@ -712,7 +719,7 @@ def _plots(results: EvalResults, outdir: Path) -> list[str]:
         fig.tight_layout()
         files.append(_save_figure(fig, outdir / "plots" / f"bar_{metric}.png"))
         plt.close(fig)
-    for metric in ("psnr", "ssim", "mef_ssim", "ciede2000"):
+    for metric in ("psnr", "ssim", "mef_ssim", "ciede2000", "stlpips"):
         curves = results.by_offset(metric)
         if not curves:
             continue
@@ -758,7 +765,7 @@ def write_report(results: EvalResults, outdir: str | os.PathLike, command: str =
     findings = baseline_findings(results)
     if findings:
         md += ["Simple baselines:", ""] + [f"- {line}" for line in findings] + [""]
-    for metric in ("psnr", "ssim", "mef_ssim", "ciede2000"):
+    for metric in ("psnr", "ssim", "mef_ssim", "ciede2000", "stlpips"):
         curves = results.by_offset(metric)
         if not curves:
             continue

@@ -9,18 +9,19 @@ Every function takes tensors shaped ``(*, 3, H, W)`` with RGB in ``[0, 1]`` (a s
 * :func:`ciede2000` - mean CIEDE2000 colour difference, scikit-image's (sRGB D65 -> CIELAB).
 * :func:`mef_ssim` - MEF-SSIM of Ma, Zeng and Wang (TIP 2015), multi-scale, vectorised; needs no ground truth.
 * :func:`consistency` - cross-exposure consistency: mean pairwise PSNR between the frames of one bracket.
-* :func:`lpips_distance` - LPIPS, only when the ``lpips`` package and its backbone weights are already on disk.
+* :func:`stlpips` - shift-tolerant LPIPS (:mod:`loopexpose.perceptual`), when the ``stlpips-pytorch`` wheel's
+  weights are installed (``pip install 'loopexpose[perceptual]'``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loopexpose.errors import LoopExposeError
 from loopexpose.io import LUMA_WEIGHTS
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "consistency",
     "mef_ssim",
     "mef_ssim_single_scale",
-    "lpips_distance",
+    "stlpips",
 ]
 
 #: PSNR of identical images would be infinite; it is reported as this (a mean of PSNRs stays finite).
@@ -348,52 +349,31 @@ def mef_ssim(
     return total.float().reshape(fused.shape[:-3])
 
 
-# -------------------------------------------------------------------------------------------------- LPIPS
+# ----------------------------------------------------------------------------------------------- ST-LPIPS
 
 
-def lpips_distance(image: torch.Tensor, reference: torch.Tensor, net: str = "alex") -> torch.Tensor:
-    """LPIPS distance (Zhang et al. 2018), only when it can run offline: the ``lpips`` package installed and its
-    backbone weights already in the torch hub cache. Nothing is downloaded.
+def stlpips(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Shift-tolerant LPIPS distance (Ghildyal and Liu 2022; :class:`loopexpose.perceptual.STLPIPS`), lower is
+    closer. Replaces LPIPS, whose ``lpips`` package needs torchvision and downloads its backbone.
 
     Args:
-        image: ``(*, 3, H, W)`` in ``[0, 1]``.
+        image: ``(*, 3, H, W)`` in ``[0, 1]``, at least 16 x 16.
         reference: same shape.
-        net: ``"alex"`` or ``"vgg"``.
 
     Returns:
-        ``(*)`` float32, >= 0 (lower is closer).
+        ``(*)`` float32 on the CPU, >= 0.
 
     Raises:
-        LoopExposeError: ``lpips`` or its weights are not available offline.
+        LoopExposeError: the weights are not installed (see :func:`loopexpose.perceptual.load_stlpips`).
     """
     _check_pair(image, reference)
-    model = _lpips_model(net)
-    lead = image.shape[:-3]
-    a = image.reshape(-1, *image.shape[-3:]).float() * 2 - 1
-    b = reference.reshape(-1, *reference.shape[-3:]).float() * 2 - 1
+    model = _stlpips_model().to(image.device)
     with torch.no_grad():
-        value = model.to(a.device)(a, b).flatten()
-    return value.reshape(lead).cpu()
+        return model(image.float(), reference.float()).cpu()
 
 
-_LPIPS_MODELS: dict = {}
+@functools.cache
+def _stlpips_model():
+    from loopexpose.perceptual import load_stlpips
 
-
-def _lpips_model(net: str):
-    if net in _LPIPS_MODELS:
-        return _LPIPS_MODELS[net]
-    try:
-        import lpips
-    except ImportError:
-        raise LoopExposeError("LPIPS needs the 'lpips' package (pip install lpips)") from None
-    hub = torch.hub.get_dir()
-    import glob
-    import os
-
-    prefix = {"alex": "alexnet", "vgg": "vgg16"}.get(net)
-    if prefix is None:
-        raise LoopExposeError(f"unknown LPIPS network {net!r} (alex or vgg)")
-    if not glob.glob(os.path.join(hub, "checkpoints", f"{prefix}-*.pth")):
-        raise LoopExposeError(f"LPIPS needs the {prefix} weights in {hub}/checkpoints; they are never downloaded")
-    _LPIPS_MODELS[net] = lpips.LPIPS(net=net, verbose=False).eval()
-    return _LPIPS_MODELS[net]
+    return load_stlpips()
