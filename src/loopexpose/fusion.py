@@ -691,8 +691,8 @@ def fuse(images: torch.Tensor, preset: str = "opencv", levels: int | None = None
 
 
 #: :func:`loop_fuse`: exponent of the band activity in the weights of the fine levels, and the number of coarsest
-#: levels taken from the fusion of corrected and input frames. Chosen on the training scenes (MEF-SSIM, bracket-5
-#: protocol, docs/evaluation.md); 2 to 4 and 3 to 5 all beat plain Mertens there.
+#: levels taken from the fusion of corrected and input frames. Chosen by MEF-SSIM on the training and validation
+#: scenes (bench/loop_fuse_sweep.py, docs/evaluation.md); exponents 2 to 4 with 3 to 5 levels all beat plain Mertens.
 DETAIL_EXPONENT = 3.0
 BASE_LEVELS = 4
 
