@@ -769,11 +769,15 @@ def loop_fuse(
     del raw
     fine: list[torch.Tensor] = []
     image = work
+    in_place = not _recording(work, weight)  # full-size temporaries reused when no gradient is recorded
     for _ in range(split):  # the fine levels: inputs only, weights sharpened by band activity
         smaller = pyr_down(image)
-        band = image - pyr_up(smaller, image.shape[-2:])
-        salient = weight * _band_activity(band).pow_(detail) + WEIGHT_EPSILON
-        fine.append((band * (salient / salient.sum(dim=-4, keepdim=True))).sum(dim=-4))
+        up = pyr_up(smaller, image.shape[-2:])
+        band = torch.sub(image, up, out=up) if in_place else image - up
+        salient = _band_activity(band).pow_(detail)
+        salient = salient.mul_(weight).add_(WEIGHT_EPSILON) if in_place else salient * weight + WEIGHT_EPSILON
+        salient = salient / salient.sum(dim=-4, keepdim=True)
+        fine.append((band.mul_(salient) if in_place else band * salient).sum(dim=-4))
         image, weight = smaller, pyr_down(weight)
         base_weight = weight if corrected is None else pyr_down(base_weight)
     coarse = blend_pyramids(image, base_weight, levels - split)
