@@ -143,7 +143,8 @@ def build_methods(
     Args:
         names: method names, in the order reports show them.
         device: where models run (``cpu``, ``cuda``, ``auto``).
-        fusion_preset: Mertens preset of ``mertens`` and of the LoopExpose MEF (``opencv`` or ``mertens``).
+        fusion_preset: Mertens preset (``opencv`` or ``mertens``) of ``mertens``, ``loopmef-plain`` and
+            ``loopmef-corrected`` (``loopmef`` is :func:`~loopexpose.fusion.loop_fuse`, with the paper's weights).
         model_fusion: add ``loopmef:<spec>``, ``loopmef-plain:<spec>`` and ``loopmef-corrected:<spec>`` for each
             model.
 

@@ -110,7 +110,8 @@ class STLPIPS(nn.Module):
 
     def forward(self, image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         if image.shape != reference.shape or image.dim() < 3 or image.shape[-3] != 3:
-            raise ValueError(f"need two (*, 3, H, W) tensors of one shape, got {tuple(image.shape)} and {tuple(reference.shape)}")
+            shapes = f"{tuple(image.shape)} and {tuple(reference.shape)}"
+            raise ValueError(f"need two (*, 3, H, W) tensors of one shape, got {shapes}")
         if min(image.shape[-2:]) < 16:
             raise ValueError(f"images must be at least 16x16 for the 5 VGG stages, got {tuple(image.shape[-2:])}")
         lead = image.shape[:-3]

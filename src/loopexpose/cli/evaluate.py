@@ -58,7 +58,9 @@ def evaluate(
     scenes_file: Path = typer.Option(None, help="Text file of scene names, one per line."),
     split: str = typer.Option("all", help="all, or the val / train half of loopexpose.data.split_scenes."),
     val_fraction: float = typer.Option(0.1, help="Validation share for --split (stable hash of collection/scene; configs/default.toml uses 0.1)."),
-    fusion_preset: str = typer.Option("opencv", help="Mertens preset of 'mertens' and of the LoopExpose MEF."),
+    fusion_preset: str = typer.Option(
+        "opencv", help="Mertens preset of 'mertens', 'loopmef-plain' and 'loopmef-corrected' (loopmef uses loop_fuse)."
+    ),
     input_dir: str = typer.Option("input", help="paired: folder of inputs under the root."),
     gt_dir: str = typer.Option("gt", help="paired: folder of ground truths (e.g. expert_c for MSEC)."),
     out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Report folder."),
