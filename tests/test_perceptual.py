@@ -51,8 +51,9 @@ def test_distance_shapes_and_gradients():
     d.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in model.parameters())  # frozen: only the images get gradients
-    with pytest.raises(ValueError, match="16x16"):
-        model(torch.rand(3, 8, 8), torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="18x18"):
+        model(torch.rand(3, 17, 40), torch.rand(3, 17, 40))
+    assert model(torch.rand(3, 18, 18), torch.rand(3, 18, 18)).shape == ()  # the smallest that runs
     with pytest.raises(ValueError, match="one shape"):
         model(torch.rand(3, 32, 32), torch.rand(3, 32, 33))
 

@@ -517,7 +517,7 @@ def evaluate_paired(
     fusion = [m.name for m in methods if m.kind != SEC]
     if fusion:
         raise LoopExposeError(f"the paired protocol scores single images; drop fusion methods: {', '.join(fusion)}")
-    from loopexpose.perceptual import package_weights
+    from loopexpose.perceptual import MIN_SIDE, package_weights
 
     perceptual = package_weights() is not None
     results = EvalResults(
@@ -549,7 +549,7 @@ def evaluate_paired(
                 "ssim": float(metrics.ssim(out, target)),
                 "ciede2000": float(metrics.ciede2000(out, target)),
             }
-            if perceptual and min(out.shape[-2:]) >= 16:
+            if perceptual and min(out.shape[-2:]) >= MIN_SIDE:
                 row["stlpips"] = float(metrics.stlpips(out, target))
             results.scene_rows.append(row)
             offset = round(pair.ev * 2) / 2 if pair.ev is not None else 0.0

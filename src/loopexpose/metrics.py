@@ -357,7 +357,7 @@ def stlpips(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     closer. Replaces LPIPS, whose ``lpips`` package needs torchvision and downloads its backbone.
 
     Args:
-        image: ``(*, 3, H, W)`` in ``[0, 1]``, at least 16 x 16.
+        image: ``(*, 3, H, W)`` in ``[0, 1]``, at least 18 x 18 (:data:`loopexpose.perceptual.MIN_SIDE`).
         reference: same shape.
 
     Returns:

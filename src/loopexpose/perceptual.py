@@ -28,11 +28,13 @@ import torch.nn.functional as F
 
 from loopexpose.errors import LoopExposeError
 
-__all__ = ["STLPIPS", "PACKAGE_WEIGHTS", "package_weights", "load_stlpips"]
+__all__ = ["STLPIPS", "MIN_SIDE", "PACKAGE_WEIGHTS", "package_weights", "load_stlpips"]
 
 #: Where the ``stlpips-pytorch`` wheel keeps the shift-tolerant VGG weights, inside its package folder.
 PACKAGE_WEIGHTS = Path("weights/vST0.0/vgg_shift_tolerant.pth")
 #: VGG-16 convolution widths per stage; each stage but the first starts with an anti-aliased down-sampling.
+#: Smallest image side: the last stage's reflect padding (2) needs at least 3 pixels there.
+MIN_SIDE = 18
 STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
@@ -95,7 +97,8 @@ class STLPIPS(nn.Module):
 
     ``STLPIPS()`` has random weights (for tests); :func:`load_stlpips` gives the trained ones.
 
-    Call it with two ``(*, 3, H, W)`` tensors in ``[0, 1]`` (H, W >= 16); returns ``(*,)`` distances, >= 0
+    Call it with two ``(*, 3, H, W)`` tensors in ``[0, 1]`` (H, W >= :data:`MIN_SIDE`); returns ``(*,)`` distances,
+    >= 0
     with the trained weights, differentiable with respect to both images.
     """
 
@@ -112,8 +115,9 @@ class STLPIPS(nn.Module):
         if image.shape != reference.shape or image.dim() < 3 or image.shape[-3] != 3:
             shapes = f"{tuple(image.shape)} and {tuple(reference.shape)}"
             raise ValueError(f"need two (*, 3, H, W) tensors of one shape, got {shapes}")
-        if min(image.shape[-2:]) < 16:
-            raise ValueError(f"images must be at least 16x16 for the 5 VGG stages, got {tuple(image.shape[-2:])}")
+        if min(image.shape[-2:]) < MIN_SIDE:
+            side = f"{MIN_SIDE}x{MIN_SIDE}"
+            raise ValueError(f"images must be at least {side} for the 5 VGG stages, got {tuple(image.shape[-2:])}")
         lead = image.shape[:-3]
         both = torch.cat([image.reshape(-1, *image.shape[-3:]), reference.reshape(-1, *image.shape[-3:])])
         both = ((both * 2 - 1) - self.scaling_layer.shift) / self.scaling_layer.scale
