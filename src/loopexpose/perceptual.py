@@ -98,8 +98,7 @@ class STLPIPS(nn.Module):
     ``STLPIPS()`` has random weights (for tests); :func:`load_stlpips` gives the trained ones.
 
     Call it with two ``(*, 3, H, W)`` tensors in ``[0, 1]`` (H, W >= :data:`MIN_SIDE`); returns ``(*,)`` distances,
-    >= 0
-    with the trained weights, differentiable with respect to both images.
+    >= 0 with the trained weights, differentiable with respect to both images.
     """
 
     def __init__(self) -> None:
