@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/fusion.py              # speed table + LoopExpose MEF + batched fusion + 9 x 24 MP memory
+    .venv/bin/python bench/fusion.py              # speed + LoopExpose MEF + batched fusion + 9 x 24 MP memory
     .venv/bin/python bench/fusion.py --quick      # 0.5 and 3 MP only, no memory run
 
 Brackets: five frames (about -2..+2 EV around mid-grey) of an HDRPS scene from ``../shared/data`` resized to
@@ -13,8 +13,9 @@ interleaved so that background load hits both alike. Preset: OpenCV's defaults (
 The LoopExpose MEF line times ``fusion.loop_fuse`` of the 5 frames and their 5 corrected frames (corrected by
 the bundled ``default`` model beforehand, not timed) against OpenCV's Mertens fusion of the 5 frames.
 
-The memory figure comes from a child process that only fuses 9 frames of 24 megapixels (6000 x 4000) and
-reports its peak resident memory (``VmHWM``), the input bracket included.
+The memory figures come from child processes that only fuse 9 frames of 24 megapixels (6000 x 4000), plainly
+and with 9 corrected frames (``loop_fuse``), and report their peak resident memory (``VmHWM``), the inputs
+included.
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ def peak_rss_gib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def memory_child() -> None:
-    """Fuse 9 frames of 24 MP and print peak RSS (GiB) and time as JSON."""
+def memory_child(kind: str) -> None:
+    """Fuse 9 frames of 24 MP (``kind`` "fuse"), or with 9 corrected frames (``kind`` "loop_fuse"), and print
+    peak RSS (GiB) and time as JSON."""
     torch.set_num_threads(2)
     generator = torch.Generator().manual_seed(0)
     # Smooth random frames at 9 exposures (cheap to make, nothing special for the fusion), written in place so
@@ -149,20 +151,28 @@ def memory_child() -> None:
     images = torch.empty(9, *base.shape)
     for i, ev in enumerate(range(-4, 5)):
         torch.mul(base, 2.0 ** (ev / 2), out=images[i]).clamp_(0, 1)
+    corrected = None
+    if kind == "loop_fuse":  # stand-ins for corrected frames: the scene at one exposure, slightly varied
+        corrected = torch.empty_like(images)
+        for i in range(9):
+            torch.mul(base, 0.95 + 0.01 * i, out=corrected[i]).clamp_(0, 1)
     del base
     before = peak_rss_gib()
     start = time.perf_counter()
-    fused = fusion.fuse(images)
+    fused = fusion.fuse(images) if corrected is None else fusion.loop_fuse(images, corrected)
     seconds = time.perf_counter() - start
     peak = peak_rss_gib()
-    print(json.dumps({"input_gib": images.numel() * 4 / 2**30, "rss_before_gib": before, "peak_rss_gib": peak,
+    inputs = images.numel() * 4 / 2**30 * (1 if corrected is None else 2)
+    print(json.dumps({"input_gib": inputs, "rss_before_gib": before, "peak_rss_gib": peak,
                       "seconds": seconds, "finite": bool(torch.isfinite(fused).all())}))  # fmt: skip
 
 
-def memory() -> dict:
-    output = subprocess.run([sys.executable, __file__, "--memory-child"], capture_output=True, text=True, check=True)
+def memory(kind: str) -> dict:
+    command = [sys.executable, __file__, "--memory-child", kind]
+    output = subprocess.run(command, capture_output=True, text=True, check=True)
     result = json.loads(output.stdout.strip().splitlines()[-1])
-    print(f"9 x 24 MP (6000x4000): input {result['input_gib']:.2f} GiB, peak RSS before fusing "
+    frames = "9 x 24 MP (6000x4000)" + (" + 9 corrected" if kind == "loop_fuse" else "")
+    print(f"{kind} {frames}: input {result['input_gib']:.2f} GiB, peak RSS before fusing "
           f"{result['rss_before_gib']:.2f} GiB, peak RSS {result['peak_rss_gib']:.2f} GiB, {result['seconds']:.1f} s",
           flush=True)  # fmt: skip
     return result
@@ -172,10 +182,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="0.5 and 3 MP only, no memory run")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=("fuse", "loop_fuse"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child()
+        memory_child(args.memory_child)
         return
     torch.set_num_threads(2)
     cv2.setNumThreads(2)
@@ -185,7 +195,8 @@ def main() -> None:
     loop_mef([3] if args.quick else [3, 12], max(1, args.repeats // 2))
     batched(args.repeats)
     if not args.quick:
-        memory()
+        memory("fuse")
+        memory("loop_fuse")
 
 
 if __name__ == "__main__":

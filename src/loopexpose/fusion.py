@@ -45,6 +45,7 @@ of tiny numbers, and OpenCV fed the same 8-bit frames as uint8 and as float x 25
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -706,6 +707,13 @@ def _band_activity(band: torch.Tensor) -> torch.Tensor:
     return pyr_up(pyr_down(magnitude), magnitude.shape[-2:]).clamp_min_(0)
 
 
+def _frame_band(image: torch.Tensor, smaller: torch.Tensor, n: int, in_place: bool) -> torch.Tensor:
+    """Laplacian band of frame ``n`` (dimension -4) of ``image`` given ``smaller = pyr_down(image)``."""
+    frame = image.select(-4, n)
+    up = pyr_up(smaller.select(-4, n), frame.shape[-2:])
+    return torch.sub(frame, up, out=up) if in_place else frame - up
+
+
 def loop_fuse(
     inputs: torch.Tensor,
     corrected: torch.Tensor | None = None,
@@ -756,35 +764,47 @@ def loop_fuse(
     levels = pyramid_levels(*inputs.shape[-2:])
     split = max(levels - base_levels, 0)
     work = inputs if inputs.dtype == torch.float64 else inputs.float()
+    in_place = not _recording(work) and (corrected is None or not _recording(corrected))
     raw = quality_weights(work, *paper, normalise=False)
-    weight = raw / raw.sum(dim=-4, keepdim=True)  # the fine levels: over the inputs
+    inputs_sum = raw.sum(dim=-4, keepdim=True)
+
+    def down(x: torch.Tensor) -> torch.Tensor:  # to the first coarse level
+        for _ in range(split):
+            x = pyr_down(x)
+        return x
+
+    # The coarse levels first, at 1/2^split of the size, so no full-size map of them outlives this block:
+    # Mertens weights over inputs and corrected frames together, each tensor blended on its own.
     if corrected is None:
-        base_weight = weight
-    else:  # the coarse levels: over inputs and corrected frames together, each tensor blended on its own
+        coarse = blend_pyramids(down(work), down(raw / inputs_sum), levels - split)
+    else:
         corrected = corrected.to(work)
         raw_corrected = quality_weights(corrected, *paper, normalise=False)
-        total = raw.sum(dim=-4, keepdim=True) + raw_corrected.sum(dim=-4, keepdim=True)
-        base_weight, corrected_weight = raw / total, raw_corrected / total
+        total = inputs_sum + raw_corrected.sum(dim=-4, keepdim=True)
+        coarse = blend_pyramids(down(work), down(raw / total), levels - split)
+        coarse = blend_pyramids(down(corrected), down(raw_corrected / total), levels - split, coarse)
         del raw_corrected, total
-    del raw
+    # The fine levels: inputs only, Mertens weights times band activity ^ detail, normalised over the frames.
+    # One frame's band at a time (computed twice: for the weights, then for the blend) bounds the memory to the
+    # frames plus a few single-channel maps per frame.
+    weight = raw.div_(inputs_sum) if in_place else raw / inputs_sum
+    del inputs_sum
     fine: list[torch.Tensor] = []
     image = work
-    in_place = not _recording(work, weight)  # full-size temporaries reused when no gradient is recorded
-    for _ in range(split):  # the fine levels: inputs only, weights sharpened by band activity
+    for _ in range(split):
         smaller = pyr_down(image)
-        up = pyr_up(smaller, image.shape[-2:])
-        band = torch.sub(image, up, out=up) if in_place else image - up
-        salient = _band_activity(band).pow_(detail)
+        frames = range(image.shape[-4])
+        band = functools.partial(_frame_band, image, smaller, in_place=in_place)
+        salient = torch.stack([_band_activity(band(n)).pow_(detail) for n in frames], dim=-4)
         salient = salient.mul_(weight).add_(WEIGHT_EPSILON) if in_place else salient * weight + WEIGHT_EPSILON
-        salient = salient / salient.sum(dim=-4, keepdim=True)
-        fine.append((band.mul_(salient) if in_place else band * salient).sum(dim=-4))
+        norm = salient.sum(dim=-4, keepdim=True)
+        salient = salient.div_(norm) if in_place else salient / norm
+        level = None
+        for n in frames:
+            part = band(n).mul_(salient.select(-4, n)) if in_place else band(n) * salient.select(-4, n)
+            level = part if level is None else (level.add_(part) if in_place else level + part)
+        fine.append(level)
         image, weight = smaller, pyr_down(weight)
-        base_weight = weight if corrected is None else pyr_down(base_weight)
-    coarse = blend_pyramids(image, base_weight, levels - split)
-    if corrected is not None:
-        for _ in range(split):
-            corrected, corrected_weight = pyr_down(corrected), pyr_down(corrected_weight)
-        coarse = blend_pyramids(corrected, corrected_weight, levels - split, coarse)
     return collapse_laplacian_pyramid(fine + coarse).to(inputs.dtype)
 
 
