@@ -206,6 +206,18 @@ def _write_brackets(root, scenes=3):
             write_image(root / f"scene{s}" / f"frame_{i}.png", frame.permute(1, 2, 0).numpy() * (0.9 + 0.05 * s), bits=8)
 
 
+def test_semantic_config_refuses_unknown_keys():
+    from loopexpose.errors import LoopExposeError
+    from loopexpose.semantics.train import merged_config
+
+    cfg = merged_config({"method": "semantic", "pseudo": {"region_weight": 0.5}, "model": {"width": 8}})
+    assert cfg["pseudo"] == {"temperature": 0.3, "region_weight": 0.5} and cfg["model"] == {"width": 8}
+    with pytest.raises(LoopExposeError, match=r"train\.'stpes'"):
+        merged_config({"train": {"stpes": 3}})
+    with pytest.raises(LoopExposeError, match="'pseudo_labels'"):
+        merged_config({"pseudo_labels": {}})
+
+
 def test_training_run_writes_loadable_checkpoints_and_resumes(tmp_path):
     from loopexpose.semantics.train import run
 

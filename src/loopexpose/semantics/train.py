@@ -40,16 +40,25 @@ DEFAULTS = {
     "model": {},
     "recogniser": {"steps": 400, "batch": 16, "lr": 2e-3},
     "guidance": {"clip_weights": "", "clip_arch": "ViT-B-32", "segmenter_weights": ""},
+    "pseudo": {"temperature": 0.3, "region_weight": 0.3},
     "train": {"steps": 1500, "batch": 4, "lr": 1e-3, "eval_every": 250, "log_every": 25},
     "loss": {"pseudo": 1.0, "region": 0.2, "prompt": 0.05, "smooth": 0.1},
 }
 
 
 def merged_config(config: dict) -> dict:
-    """DEFAULTS overridden section by section by ``config``."""
+    """DEFAULTS overridden section by section by ``config``; unknown keys are an error (a typo must not pass
+    silently). ``model`` is free-form (:class:`~loopexpose.models.semantic.SemanticConfig` checks it)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     for key, value in config.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if key in ("method", "out_dir"):  # read by the caller
+            continue
+        if key not in out:
+            raise LoopExposeError(f"unknown config key {key!r} for the semantic trainer")
+        if isinstance(value, dict) and isinstance(out[key], dict):
+            unknown = sorted(set(value) - set(out[key])) if key != "model" else []
+            if unknown:
+                raise LoopExposeError(f"unknown config key {key}.{unknown[0]!r} for the semantic trainer")
             out[key].update(value)
         else:
             out[key] = value
@@ -185,7 +194,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path =
     with progress:
         task = progress.add_task("pseudo-labels", total=len(frames), info="")
         for frame, mask in zip(frames, masks):
-            target, _ = pseudo_label(frame[None].to(device), mask[None].to(device), recogniser)
+            target, _ = pseudo_label(frame[None].to(device), mask[None].to(device), recogniser, **cfg["pseudo"])
             targets.append(target[0].cpu())
             progress.update(task, advance=1)
 
