@@ -773,16 +773,15 @@ def loop_fuse(
             x = pyr_down(x)
         return x
 
-    # The coarse levels first, at 1/2^split of the size, so no full-size map of them outlives this block:
-    # Mertens weights over inputs and corrected frames together, each tensor blended on its own.
-    if corrected is None:
-        coarse = blend_pyramids(down(work), down(raw / inputs_sum), levels - split)
-    else:
+    # The coarse levels' weights first, taken down to 1/2^split of the size, so no full-size map of them outlives
+    # this block: Mertens weights over inputs and corrected frames together, each tensor blended on its own.
+    if corrected is not None:
         corrected = corrected.to(work)
         raw_corrected = quality_weights(corrected, *paper, normalise=False)
         total = inputs_sum + raw_corrected.sum(dim=-4, keepdim=True)
-        coarse = blend_pyramids(down(work), down(raw / total), levels - split)
-        coarse = blend_pyramids(down(corrected), down(raw_corrected / total), levels - split, coarse)
+        base_weight = down(raw / total)
+        corrected_weight = down(raw_corrected.div_(total) if in_place else raw_corrected / total)
+        corrected = down(corrected)
         del raw_corrected, total
     # The fine levels: inputs only, Mertens weights times band activity ^ detail, normalised over the frames.
     # One frame's band at a time (computed twice: for the weights, then for the blend) bounds the memory to the
@@ -805,6 +804,10 @@ def loop_fuse(
             level = part if level is None else (level.add_(part) if in_place else level + part)
         fine.append(level)
         image, weight = smaller, pyr_down(weight)
+    # The coarse levels: ``image`` and ``weight`` are the inputs and their own weights at 1/2^split by now.
+    coarse = blend_pyramids(image, weight if corrected is None else base_weight, levels - split)
+    if corrected is not None:
+        coarse = blend_pyramids(corrected, corrected_weight, levels - split, coarse)
     return collapse_laplacian_pyramid(fine + coarse).to(inputs.dtype)
 
 
