@@ -11,6 +11,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -32,8 +33,19 @@ app.add_typer(prepare_app, name="prepare")
 _EXTRA_EVS = {"allow_extra_args": True, "ignore_unknown_options": True}
 _DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 
-_EV_HELP = "EV offsets in stops: --ev -1.5 -1 0 1 1.5 (or --ev=-1.5,-1,0,1,1.5). Put the input folder first."
-_PRESET_HELP = "EV preset: msec (-1.5 -1 0 1 1.5) or radiometry (-3..+3 in 1 EV steps). Default: msec."
+# Options shared by `prepare raw` and `prepare srgb`.
+Evs = Annotated[list[str] | None, typer.Option(
+    "--ev", help="EV offsets in stops: --ev -1.5 -1 0 1 1.5 (or --ev=-1.5,-1,0,1,1.5). Put the input folder first."
+)]  # fmt: skip
+Preset = Annotated[str | None, typer.Option(
+    "--preset", help="EV preset: msec (-1.5 -1 0 1 1.5) or radiometry (-3..+3 in 1 EV steps). Default: msec."
+)]  # fmt: skip
+Noise = Annotated[bool, typer.Option("--noise", help="Add shot + read noise that grows as exposure drops.")]
+FullWell = Annotated[float, typer.Option("--full-well", help="Noise model: electrons at the white level.")]
+ReadNoise = Annotated[float, typer.Option("--read-noise", help="Noise model: read noise in electrons.")]
+Seed = Annotated[int, typer.Option("--seed", help="Noise seed (combined with each file name).")]
+MaxSide = Annotated[int, typer.Option("--max-side", help="Downscale so the long side is at most this (0: keep).")]
+Workers = Annotated[int, typer.Option("--workers", "-w", help="Parallel processes.")]
 
 
 def _evs(ctx: typer.Context, ev: list[str] | None, preset: str | None) -> list[float]:
@@ -105,24 +117,31 @@ def _check_workers(workers: int) -> int:
     return workers
 
 
+def _render_all(sources: list[Path], out: Path, settings, render, workers: int, label: str) -> None:
+    """One scene folder per source under ``out``, rendered by ``render`` in a process pool."""
+    names = synth.scene_names(sources)
+    jobs = [(path, out / names[path], settings) for path in sources]
+    _finish(run_jobs(jobs, render, _check_workers(workers), label), out)
+
+
 @prepare_app.command("raw", context_settings=_EXTRA_EVS)
 def prepare_raw(
     ctx: typer.Context,
     raw_dir: Path = typer.Argument(..., help="Folder of camera RAW files (or one RAW file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output collection folder (one scene folder per RAW)."),
-    ev: list[str] = typer.Option(None, "--ev", help=_EV_HELP),
-    preset: str = typer.Option(None, "--preset", help=_PRESET_HELP),
+    ev: Evs = None,
+    preset: Preset = None,
     curve: str = typer.Option("srgb", "--curve", help="Tone curve: srgb (IEC 61966-2-1) or bt709 (rawpy's default)."),
     fmt: str = typer.Option("png", "--format", help="Frame format: png, jpg or tif."),
     bits: int = typer.Option(8, "--bits", help="8 or 16 (16: png or tif)."),
     quality: int = typer.Option(95, "--quality", help="JPEG quality when --format jpg."),
-    max_side: int = typer.Option(0, "--max-side", help="Downscale so the long side is at most this (0: keep)."),
+    max_side: MaxSide = 0,
     half_size: bool = typer.Option(False, "--half-size", help="LibRaw half-size decode: 2x smaller, much faster."),
-    noise: bool = typer.Option(False, "--noise", help="Add shot + read noise that grows as exposure drops."),
-    full_well: float = typer.Option(2000.0, "--full-well", help="Noise model: electrons at the white level."),
-    read_noise: float = typer.Option(3.0, "--read-noise", help="Noise model: read noise in electrons."),
-    seed: int = typer.Option(0, "--seed", help="Noise seed (combined with each file name)."),
-    workers: int = typer.Option(_DEFAULT_WORKERS, "--workers", "-w", help="Parallel processes."),
+    noise: Noise = False,
+    full_well: FullWell = 2000.0,
+    read_noise: ReadNoise = 3.0,
+    seed: Seed = 0,
+    workers: Workers = _DEFAULT_WORKERS,
 ) -> None:
     """Render exposure brackets from camera RAW files: linear decode, x 2^EV, clip at white, sRGB."""
     settings = synth.RenderSettings(
@@ -140,9 +159,7 @@ def prepare_raw(
     sources = synth.list_raws(raw_dir)
     if not sources:
         raise LoopExposeError(f"no RAW files found (looked for {', '.join(sorted(synth.RAW_SUFFIXES))})", raw_dir)
-    names = synth.scene_names(sources)
-    jobs = [(path, out / names[path], settings) for path in sources]
-    _finish(run_jobs(jobs, synth.prepare_raw_scene, _check_workers(workers), "prepare raw"), out)
+    _render_all(sources, out, settings, synth.prepare_raw_scene, workers, "prepare raw")
 
 
 @prepare_app.command("srgb", context_settings=_EXTRA_EVS)
@@ -150,16 +167,16 @@ def prepare_srgb(
     ctx: typer.Context,
     photo_dir: Path = typer.Argument(..., help="Folder of ordinary photos (JPEG, PNG, TIFF)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output collection folder (one scene folder per photo)."),
-    ev: list[str] = typer.Option(None, "--ev", help=_EV_HELP),
-    preset: str = typer.Option(None, "--preset", help=_PRESET_HELP),
+    ev: Evs = None,
+    preset: Preset = None,
     curve: str = typer.Option("srgb", "--curve", help="Tone curve: srgb or bt709."),
     jpeg: int = typer.Option(0, "--jpeg", help="Degradation: write frames as JPEG at this quality (0: lossless PNG)."),
-    noise: bool = typer.Option(False, "--noise", help="Degradation: shot + read noise growing as exposure drops."),
-    full_well: float = typer.Option(2000.0, "--full-well", help="Noise model: electrons at the white level."),
-    read_noise: float = typer.Option(3.0, "--read-noise", help="Noise model: read noise in electrons."),
-    seed: int = typer.Option(0, "--seed", help="Noise seed (combined with each file name)."),
-    max_side: int = typer.Option(0, "--max-side", help="Downscale so the long side is at most this (0: keep)."),
-    workers: int = typer.Option(_DEFAULT_WORKERS, "--workers", "-w", help="Parallel processes."),
+    noise: Noise = False,
+    full_well: FullWell = 2000.0,
+    read_noise: ReadNoise = 3.0,
+    seed: Seed = 0,
+    max_side: MaxSide = 0,
+    workers: Workers = _DEFAULT_WORKERS,
 ) -> None:
     """Render SYNTHETIC brackets from ordinary sRGB photos: inverse sRGB, x 2^EV, clip, re-encode."""
     if jpeg < 0 or jpeg > 100:
@@ -176,9 +193,7 @@ def prepare_srgb(
     sources = list_images(photo_dir)
     if not sources:
         raise LoopExposeError("no photos found (expected .jpg, .png or .tif files)", photo_dir)
-    names = synth.scene_names(sources)
-    jobs = [(path, out / names[path], settings) for path in sources]
-    _finish(run_jobs(jobs, synth.prepare_srgb_scene, _check_workers(workers), "prepare srgb"), out)
+    _render_all(sources, out, settings, synth.prepare_srgb_scene, workers, "prepare srgb")
 
 
 @prepare_app.command("msec")
