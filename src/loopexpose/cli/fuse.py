@@ -41,17 +41,12 @@ def fuse_scene(
     Raises:
         LoopExposeError: the scene cannot be read or the output cannot be written.
     """
-    import torch
-
-    from loopexpose import fusion, io
+    from loopexpose import io
+    from loopexpose.api import fuse as fuse_frames
 
     bracket = io.order_bracket(scene)
     frames = io.load_bracket(bracket, max_side=max_side).to(device)
-    with torch.no_grad():
-        if corrector is None:
-            fused = fusion.fuse(frames, preset=preset).clamp_(0, 1)
-        else:
-            fused = fusion.loop_fuse(frames, fusion.correct_frames(frames, corrector)).clamp_(0, 1)
+    fused = fuse_frames(frames, model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
     icc = io.read_image(bracket.paths[0]).icc if bracket.paths else None  # frames of a bracket share a profile
     return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc)
 
