@@ -13,11 +13,32 @@ pytestmark = [pytest.mark.data, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def summary(brackets_root):
+def results(brackets_root):
     _, val = split_scenes(scan_brackets(brackets_root, min_frames=2), DEFAULTS["data"]["val_fraction"])
     assert len(val) >= 10, "the validation split should hold about a tenth of the shared scenes"
     methods = evaluate.build_methods(["identity", "gain", "gamma", "mertens", "mertens:mertens", "model:default"])
-    return evaluate.evaluate_bracket5(val, methods).summary()
+    return evaluate.evaluate_bracket5(val, methods)
+
+
+@pytest.fixture(scope="module")
+def summary(results):
+    return results.summary()
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ssim"])
+def test_default_model_beats_the_gain_at_every_offset(results, metric):
+    """Not only on average: on the -2, -1, +1 and +2 frames each (the correction-quality issue's target 1)."""
+    curves = results.by_offset(metric)
+    for offset in (-2, -1, 1, 2):
+        assert curves["model:default"][offset] > curves["gain"][offset], (metric, offset)
+
+
+def test_default_model_adds_no_colour_to_highlights(results):
+    """Clipped highlights keep their (lack of) hue: mean and 90th percentile over frames of the CIELAB chroma
+    added to pixels bright in every input channel (target: <= 1.0 and <= 2.5)."""
+    mean, p90, frames = results.frame_percentiles("chroma_added", 90)["model:default"]
+    assert frames >= 20
+    assert mean <= 1.0 and p90 <= 2.5, (mean, p90)
 
 
 def test_default_model_beats_the_mid_grey_gain_on_every_metric(summary):

@@ -6,7 +6,7 @@ import kornia
 import pytest
 import torch
 
-from loopexpose.losses import l1_loss, luminance_ranking_loss, ssim_loss, ssim_map
+from loopexpose.losses import cross_exposure_consistency_loss, l1_loss, luminance_ranking_loss, ssim_loss, ssim_map
 
 
 def test_ranking_loss_zero_for_correct_order():
@@ -75,3 +75,15 @@ def test_ssim_loss_accepts_bracket_batches():
     loss = ssim_loss(x, torch.rand(2, 4, 3, 24, 24))
     loss.backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_consistency_loss_zero_when_frames_agree_and_pulls_them_together():
+    same = torch.rand(2, 1, 3, 8, 8).expand(2, 4, 3, 8, 8)
+    assert cross_exposure_consistency_loss(same) == 0
+    frames = torch.stack([torch.full((3, 4, 4), 0.2), torch.full((3, 4, 4), 0.6)])[None].requires_grad_()
+    loss = cross_exposure_consistency_loss(frames)
+    assert torch.isclose(loss, torch.tensor(0.2))  # each frame is 0.2 from the mean
+    loss.backward()
+    assert (frames.grad[0, 0] < 0).all() and (frames.grad[0, 1] > 0).all()  # descent brings them together
+    with pytest.raises(ValueError, match="B, k, 3, H, W"):
+        cross_exposure_consistency_loss(torch.rand(2, 3, 8, 8))

@@ -164,3 +164,23 @@ def test_stlpips_metric_is_the_perceptual_distance(monkeypatch):
     with pytest.raises(LoopExposeError, match="perceptual"):
         metrics.stlpips(a, b)
     metrics._stlpips_model.cache_clear()
+
+
+def test_highlight_chroma_added():
+    from loopexpose.metrics import highlight_chroma_added
+
+    sky = torch.ones(3, 16, 16)
+    sky[:, :8] = 0.5  # only the bottom half is bright
+    tinted = sky.clone()
+    tinted[0, 8:] = 0.85  # the bright half turned cyan, the rest untouched
+    assert highlight_chroma_added(sky * 0.9, sky).item() == pytest.approx(0, abs=1e-3)  # darker, still neutral
+    assert highlight_chroma_added(tinted, sky).item() > 10
+    purple = sky.clone()
+    purple[1, :8] = 0.3  # a colour cast outside the bright pixels does not count
+    assert highlight_chroma_added(purple, sky).item() == pytest.approx(0, abs=1e-3)
+    # desaturating a bright coloured pixel adds nothing (floored at 0); saturating it adds chroma
+    warm = torch.tensor([1.0, 0.9, 0.86]).view(3, 1, 1).expand(3, 4, 4)
+    assert highlight_chroma_added(torch.full((3, 4, 4), 0.9), warm).item() == 0
+    assert highlight_chroma_added(torch.tensor([1.0, 0.8, 0.7]).view(3, 1, 1).expand(3, 4, 4), warm).item() > 5
+    batch = highlight_chroma_added(torch.stack([tinted, sky * 0.5]), torch.stack([sky, sky * 0.5]))
+    assert batch.shape == (2,) and batch[0] > 10 and batch[1].isnan()  # nothing bright in the second input

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import loopexpose
+from loopexpose import metrics
 from conftest import randomised_curvegrid as randomised
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load, save
@@ -18,14 +19,24 @@ from loopexpose.models.curvegrid import apply_curves, bilateral_slice
 
 
 
-def test_fresh_model_is_identity():
+def test_fresh_model_applies_the_exposure_prior():
+    """Untrained, the curves are the prior: linear light scaled so each frame's key (median linear luma) lands
+    on linear mid-grey. Exposures of one scene then come out alike, and clipped white comes out neutral grey."""
+    from conftest import synthetic_bracket
+
     model = create("curvegrid").eval()
-    x = torch.rand(2, 3, 31, 47)
+    bracket = synthetic_bracket(5, 96, 96)  # -2..+2 EV in linear light
     with torch.no_grad():
-        out = model(x)
-    assert out["output"].shape == x.shape
-    assert torch.allclose(out["output"], x, atol=1e-5)
-    assert out["luminance"].shape == (2,)
+        out = model(bracket)
+    assert out["output"].shape == bracket.shape and out["luminance"].shape == (5,)
+    luma = (out["output"] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(1).flatten(1)
+    medians = luma.median(1).values
+    assert torch.allclose(medians, torch.tensor(0.46), atol=0.03)  # sRGB of linear 0.18
+    clipped = (bracket[4] == 1).all(0)
+    assert clipped.sum() > 100
+    white = out["output"][4][:, clipped]
+    assert (white < 0.9).all() and (white.amax(0) - white.amin(0)).max() < 1e-6  # darkened, neutral
+    assert metrics.consistency(out["output"]) > 27 > metrics.consistency(bracket) + 10
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 3), (33, 65), (300, 17)])
@@ -47,7 +58,7 @@ def test_output_independent_of_batch():
     with torch.no_grad():
         together = model(x)["output"]
         alone = torch.cat([model(x[i : i + 1])["output"] for i in range(4)])
-    assert torch.allclose(together, alone, atol=1e-6)
+    assert torch.allclose(together, alone, atol=1e-5)
 
 
 def test_tiles_equal_whole_image():
@@ -95,14 +106,18 @@ def test_gradients_reach_every_head():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
-def test_fast_cpu_path_matches_torch():
+@pytest.mark.parametrize("bright", [False, True])
+def test_fast_cpu_path_matches_torch(bright):
     import cv2
 
     model = randomised()
     rng = np.random.default_rng(0)
     image = (rng.random((90, 130, 3)) ** 2 * 255).astype(np.uint8)
+    if bright:  # most pixels in the highlight ramp, where the neutral curve and the offset-as-gain rules apply
+        image = (255 * (0.6 + 0.4 * rng.random((90, 130, 3)))).astype(np.uint8)
     fast = model.correct(image).astype(np.float32) / 255
-    thumb = cv2.resize(image, (256, 256), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    side = model.config.thumb  # the thumbnail the fast path makes
+    thumb = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
     with torch.no_grad():
         params = model.predict(torch.from_numpy(thumb).permute(2, 0, 1)[None])
         ref = model.apply(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, params)[0].permute(1, 2, 0).numpy()
@@ -168,3 +183,21 @@ def test_bundled_default_loads():
     assert model.arch == "curvegrid"
     image = np.full((16, 24, 3), 20, np.uint8)
     assert model.correct(image).mean() > image.mean()  # a dark frame gets brighter
+
+
+def test_highlights_get_no_colour():
+    """Pixels bright in every channel keep their hue: the curves give way to their mean and local offsets act as
+    a gain, so a randomised network (strong per-channel curves) adds no chroma there, on both paths."""
+    model = randomised()
+    rng = np.random.default_rng(1)
+    bright = 0.86 + 0.14 * rng.random((64, 64, 3)).astype(np.float32)
+    source = torch.from_numpy(bright).permute(2, 0, 1)
+    with torch.no_grad():
+        slow = model(source[None])["output"][0]
+    fast = torch.from_numpy(model.correct((bright * 255).round().astype(np.uint8)).astype(np.float32) / 255).permute(2, 0, 1)
+    for out in (slow, fast):
+        assert metrics.highlight_chroma_added(out, source).item() < 0.5
+    dark = torch.from_numpy(0.2 + 0.3 * rng.random((3, 64, 64)).astype(np.float32))
+    with torch.no_grad():  # elsewhere the per-channel curves do change colour (the test would notice a no-op)
+        coloured = model(dark[None])["output"][0]
+    assert (coloured[0] - coloured[2]).abs().mean() > (dark[0] - dark[2]).abs().mean() + 0.02

@@ -59,7 +59,7 @@ def test_short_training_run_lowers_validation_error(data_root, tmp_path):
     best = run(load_config(None, overrides), quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["warmup", "warmup", "feedback", "feedback"]
-    # the untrained network is the identity: its validation scores are the inputs'
+    # against the untrained network (its exposure prior alone)
     from loopexpose.data import ValidationSet, scan_brackets, split_scenes
     from loopexpose.train import Validation
 

@@ -265,11 +265,22 @@ class EvalResults:
                 groups[row["method"]][row["offset"]].append(value)
         return {m: {o: float(np.mean(v)) for o, v in sorted(d.items())} for m, d in groups.items()}
 
+    def frame_percentiles(self, metric: str, percentile: float) -> dict[str, tuple[float, float, int]]:
+        """``{method: (mean, percentile, count)}`` of a per-frame metric over all frames that have a value."""
+        values: dict[str, list[float]] = defaultdict(list)
+        for row in self.frame_rows:
+            value = row.get(metric)
+            if isinstance(value, float) and math.isfinite(value):
+                values[row["method"]].append(value)
+        return {m: (float(np.mean(v)), float(np.percentile(v, percentile)), len(v)) for m, v in values.items()}
+
     def to_dict(self) -> dict:
         return {
             "protocol": self.protocol,
             "methods": self.methods,
             "summary": _rounded(self.summary()),
+            "chroma_added_frames": _rounded({m: {"mean": mean, "p90": p90, "frames": n}
+                                             for m, (mean, p90, n) in self.frame_percentiles("chroma_added", 90).items()}),
             "summary_by_collection": {c: _rounded(self.summary(c)) for c in self.collections()},
             "scenes": self.scenes,
             "scene_rows": _rounded(self.scene_rows),
@@ -350,6 +361,7 @@ def evaluate_bracket5(
     on_scene: SceneCallback | None = None,
     progress: Callable[[str], None] | None = None,
     mef_ssim_frames: bool = True,
+    label_preset: str = "opencv",
 ) -> EvalResults:
     """The ``bracket-5`` protocol (see the module docstring) over some scenes; pure apart from the file reads.
 
@@ -363,11 +375,18 @@ def evaluate_bracket5(
         progress: called with each scene key before it is evaluated.
         mef_ssim_frames: also score every corrected frame with MEF-SSIM (the slowest metric; training
             validation may turn it off).
+        label_preset: fusion preset of the *label*, the Mertens fusion of the input frames that LoopExpose
+            trains towards (``psnr_label``).
 
     Returns:
-        :class:`EvalResults` with ``psnr``, ``ssim``, ``consistency``, ``mef_ssim`` per SEC scene row (``psnr`` and
-        ``ssim`` averaged over non-reference frames, ``mef_ssim`` over all frames) and ``mef_ssim`` per MEF row.
+        :class:`EvalResults` with ``psnr``, ``ssim``, ``consistency``, ``mef_ssim``, ``psnr_label`` and
+        ``chroma_added`` per SEC scene row (``psnr`` and ``ssim`` averaged over non-reference frames, the others
+        over all frames; ``chroma_added`` is :func:`loopexpose.metrics.highlight_chroma_added` of each corrected
+        frame against its input, over frames that have bright pixels, NaN when none has) and ``mef_ssim`` per MEF
+        row. Frame rows carry the same per frame.
     """
+    from loopexpose.fusion import fuse
+
     brackets = [s if isinstance(s, Bracket) else order_bracket(s) for s in scenes]
     brackets = sorted((b for b in brackets if len(b) >= 2), key=_scene_key)
     results = EvalResults(
@@ -381,6 +400,7 @@ def evaluate_bracket5(
         frames, start, reference = load_window(bracket, max_side)
         ref = reference - start
         target = frames[ref]
+        label = fuse(frames, preset=label_preset).clamp(0, 1)
         evs = bracket.evs
         results.scenes.append({
             "scene": key,
@@ -415,6 +435,8 @@ def evaluate_bracket5(
                 frame_psnr = metrics.psnr(out, target.expand_as(out))
                 frame_ssim = metrics.ssim(out, target.expand_as(out))
                 frame_mef = mef.get(method.name) if scored else None
+                frame_label = metrics.psnr(out, label.expand_as(out))
+                frame_chroma = metrics.highlight_chroma_added(out, frames)
                 for i in range(len(frames)):
                     results.frame_rows.append({
                         "scene": key,
@@ -425,12 +447,16 @@ def evaluate_bracket5(
                         "psnr": float(frame_psnr[i]) if i != ref else None,
                         "ssim": float(frame_ssim[i]) if i != ref else None,
                         "mef_ssim": frame_mef[i] if frame_mef else None,
+                        "psnr_label": float(frame_label[i]),
+                        "chroma_added": float(frame_chroma[i]) if not frame_chroma[i].isnan() else None,
                     })  # fmt: skip
                 row["psnr"] = float(frame_psnr[others].mean())
                 row["ssim"] = float(frame_ssim[others].mean())
                 row["consistency"] = float(metrics.consistency(out))
                 if frame_mef:
                     row["mef_ssim"] = float(np.mean(frame_mef))
+                row["psnr_label"] = float(frame_label.mean())
+                row["chroma_added"] = float(frame_chroma.nanmean())  # NaN (left out of means) when nothing is bright
             else:
                 row["mef_ssim"] = float(mef[method.name][0])
             results.scene_rows.append(row)
@@ -568,8 +594,12 @@ METRIC_LABELS = {
     "mef_ssim": "MEF-SSIM vs stack",
     "ciede2000": "CIEDE2000",
     "stlpips": "ST-LPIPS",
+    "psnr_label": "PSNR (dB) vs label",
+    "chroma_added": "highlight chroma added",
 }
-LOWER_IS_BETTER = {"ciede2000", "stlpips"}
+LOWER_IS_BETTER = {"ciede2000", "stlpips", "chroma_added"}
+#: Per-frame metrics with a table by input EV in reports (those a protocol measured).
+OFFSET_METRICS = ("psnr", "ssim", "mef_ssim", "psnr_label", "chroma_added", "ciede2000", "stlpips")
 
 
 def _slug(text: str) -> str:
@@ -629,7 +659,7 @@ class Gallery:
 def _fmt(value: float | None, metric: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}" if metric in {"psnr", "consistency", "ciede2000"} else f"{value:.4f}"
+    return f"{value:.2f}" if metric in {"psnr", "consistency", "ciede2000", "psnr_label", "chroma_added"} else f"{value:.4f}"
 
 
 def summary_table(results: EvalResults, collection: str | None = None) -> tuple[list[str], list[list[str]]]:
@@ -720,7 +750,7 @@ def _plots(results: EvalResults, outdir: Path) -> list[str]:
         fig.tight_layout()
         files.append(_save_figure(fig, outdir / "plots" / f"bar_{metric}.png"))
         plt.close(fig)
-    for metric in ("psnr", "ssim", "mef_ssim", "ciede2000", "stlpips"):
+    for metric in OFFSET_METRICS:
         curves = results.by_offset(metric)
         if not curves:
             continue
@@ -766,7 +796,13 @@ def write_report(results: EvalResults, outdir: str | os.PathLike, command: str =
     findings = baseline_findings(results)
     if findings:
         md += ["Simple baselines:", ""] + [f"- {line}" for line in findings] + [""]
-    for metric in ("psnr", "ssim", "mef_ssim", "ciede2000", "stlpips"):
+    chroma = results.frame_percentiles("chroma_added", 90)
+    if chroma:
+        md += [f"{METRIC_LABELS['chroma_added']} (CIELAB chroma added to pixels bright in every input channel, "
+               "per frame; frames without such pixels left out):", ""]
+        rows = [[m, _fmt(mean, "chroma_added"), _fmt(p90, "chroma_added"), str(n)] for m, (mean, p90, n) in chroma.items()]
+        md += [_markdown_table(["method", "mean over frames", "90th percentile", "frames"], rows), ""]
+    for metric in OFFSET_METRICS:
         curves = results.by_offset(metric)
         if not curves:
             continue

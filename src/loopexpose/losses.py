@@ -1,4 +1,4 @@
-"""Training losses: reconstruction (L1, SSIM) and LoopExpose's Luminance Ranking Loss.
+"""Training losses: reconstruction (L1, SSIM), cross-exposure consistency and LoopExpose's Luminance Ranking Loss.
 
 All take images shaped ``(*, 3, H, W)`` in [0, 1] unless said otherwise and return scalar tensors.
 """
@@ -54,6 +54,27 @@ def ssim_loss(output: torch.Tensor, target: torch.Tensor, window: int = 11) -> t
     True
     """
     return 1 - ssim_map(output, target, window).mean()
+
+
+def cross_exposure_consistency_loss(corrected: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between each corrected frame of a bracket and the bracket's mean corrected frame.
+
+    Every exposure of one scene should be corrected to the same image; the pseudo-label says so only where the
+    label is reachable from a frame, this term says it everywhere (a clipped region must not come out one way
+    from the dark frame and another from the bright one).
+
+    Args:
+        corrected: ``(B, k, 3, H, W)`` corrected frames of ``B`` brackets of ``k`` frames, in [0, 1].
+    Returns:
+        Scalar; 0 when all frames of every bracket agree.
+
+    >>> frames = torch.zeros(1, 2, 3, 4, 4); frames[0, 1] = 0.5
+    >>> cross_exposure_consistency_loss(frames)
+    tensor(0.2500)
+    """
+    if corrected.ndim != 5:
+        raise ValueError(f"corrected must be (B, k, 3, H, W), got shape {tuple(corrected.shape)}")
+    return (corrected - corrected.mean(dim=1, keepdim=True)).abs().mean()
 
 
 def luminance_ranking_loss(features: torch.Tensor, margin: float = 0.1, reduction: str = "mean") -> torch.Tensor:

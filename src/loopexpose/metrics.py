@@ -9,6 +9,8 @@ Every function takes tensors shaped ``(*, 3, H, W)`` with RGB in ``[0, 1]`` (a s
 * :func:`ciede2000` - mean CIEDE2000 colour difference, scikit-image's (sRGB D65 -> CIELAB).
 * :func:`mef_ssim` - MEF-SSIM of Ma, Zeng and Wang (TIP 2015), multi-scale, vectorised; needs no ground truth.
 * :func:`consistency` - cross-exposure consistency: mean pairwise PSNR between the frames of one bracket.
+* :func:`highlight_chroma_added` - CIELAB chroma a correction adds to pixels that are bright in its input (a
+  colour cast on clipped highlights); needs no ground truth.
 * :func:`stlpips` - shift-tolerant LPIPS (:mod:`loopexpose.perceptual`), when the ``stlpips-pytorch`` wheel's
   weights are installed (``pip install 'loopexpose[perceptual]'``).
 """
@@ -31,6 +33,8 @@ __all__ = [
     "ssim",
     "ciede2000",
     "consistency",
+    "highlight_chroma_added",
+    "BRIGHT_LEVEL",
     "mef_ssim",
     "mef_ssim_single_scale",
     "stlpips",
@@ -149,6 +153,50 @@ def consistency(frames: torch.Tensor) -> torch.Tensor:
     first, second = torch.triu_indices(n, n, offset=1, device=frames.device)
     pairs = psnr(frames.index_select(-4, first), frames.index_select(-4, second))
     return pairs.mean(dim=-1)
+
+
+#: A pixel whose every channel is at least this (in [0, 1]) is "bright" for :func:`highlight_chroma_added`.
+BRIGHT_LEVEL = 0.85
+
+
+def highlight_chroma_added(image: torch.Tensor, source: torch.Tensor, level: float = BRIGHT_LEVEL) -> torch.Tensor:
+    """CIELAB chroma a correction adds to the pixels that are bright in its input: a colour-cast measure.
+
+    Over the pixels of ``source`` whose every channel is at least ``level`` (clipped or nearly clipped
+    highlights, which carry no reliable hue), the mean of ``max(0, C*(image) - C*(source))``, where
+    ``C* = sqrt(a*^2 + b*^2)`` (``kornia.color.rgb_to_lab``: sRGB, D65). A correction that keeps such pixels'
+    colour (or desaturates them) scores 0; one that paints a white sky purple scores the chroma it painted
+    (a difference of about 2.3 is just noticeable).
+
+    Args:
+        image: ``(*, 3, H, W)`` corrected image in ``[0, 1]``.
+        source: ``(*, 3, H, W)`` the input it was corrected from, in ``[0, 1]``.
+        level: brightness threshold on every channel of ``source``.
+
+    Returns:
+        ``(*)`` float32; NaN for an image whose input has no bright pixel (leave those out of means).
+
+    Example:
+        >>> white = torch.ones(3, 4, 4)
+        >>> round(highlight_chroma_added(white * 0.8, white).item(), 3)  # darkened, still neutral
+        0.0
+        >>> tinted = white.clone(); tinted[1] = 0.8  # white turned magenta
+        >>> round(highlight_chroma_added(tinted, white).item(), 1)
+        32.0
+        >>> highlight_chroma_added(white * 0.5, white * 0.5).isnan().item()  # nothing bright in the input
+        True
+    """
+    import kornia
+
+    _check_pair(image, source)
+    lead = image.shape[:-3]
+    out = kornia.color.rgb_to_lab(image.detach().reshape(-1, *image.shape[-3:]).float().clamp(0, 1))
+    src = kornia.color.rgb_to_lab(source.detach().reshape(-1, *source.shape[-3:]).float().clamp(0, 1))
+    added = (out[:, 1:].norm(dim=1) - src[:, 1:].norm(dim=1)).clamp_min(0)  # (N, H, W)
+    bright = (source.detach().reshape(-1, *source.shape[-3:]) >= level).all(dim=1).float()
+    count = bright.sum(dim=(-2, -1))
+    value = (added * bright).sum(dim=(-2, -1)) / count.clamp_min(1)
+    return torch.where(count > 0, value, torch.full_like(value, float("nan"))).reshape(lead)
 
 
 # ----------------------------------------------------------------------------------------------- MEF-SSIM

@@ -38,8 +38,8 @@ from loopexpose.errors import LoopExposeError
 from loopexpose.data import BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, split_scenes
 from loopexpose.evaluate import WINDOW, select_window
 from loopexpose.io import atomic_write_bytes
-from loopexpose.metrics import psnr
-from loopexpose.losses import l1_loss, luminance_ranking_loss, ssim_loss
+from loopexpose.metrics import highlight_chroma_added, psnr
+from loopexpose.losses import cross_exposure_consistency_loss, l1_loss, luminance_ranking_loss, ssim_loss
 from loopexpose.models import create, load, save as save_model
 from loopexpose.paths import data_root
 
@@ -59,8 +59,8 @@ DEFAULTS: dict = {
     },
     "model": {"arch": "curvegrid", "config": {}},
     "train": {
-        "warmup_epochs": 10,
-        "feedback_epochs": 30,
+        "warmup_epochs": 15,
+        "feedback_epochs": 35,
         "brackets_per_step": 4,
         "lr": 2e-3,
         "lr_min": 1e-4,
@@ -72,6 +72,7 @@ DEFAULTS: dict = {
         "l1": 1.0,
         "ssim": 0.5,
         "ranking": 0.1,
+        "consistency": 0.5,
         "ranking_margin": 0.1,
         "ranking_reduction": "mean",
         "perceptual": 0.0,
@@ -162,8 +163,10 @@ def learning_rate(step: int, total: int, cfg: dict) -> float:
 @dataclass
 class Validation:
     """Held-back scenes scored after every epoch with the bracket-5 protocol: the 5 frames around the one
-    nearest mid-grey; PSNR of corrected non-reference frames to the reference frame, PSNR of corrected frames
-    to the input frames' fusion, and cross-exposure consistency (mean pairwise PSNR of corrected frames)."""
+    nearest mid-grey. Scores: PSNR of corrected non-reference frames to the reference frame; PSNR of corrected
+    frames to their label (the input frames' fusion: how well the network learned what it is taught, on scenes
+    it never saw), overall and per offset from the reference; cross-exposure consistency (mean pairwise PSNR of
+    corrected frames); and the highlight chroma added (:func:`loopexpose.metrics.highlight_chroma_added`)."""
 
     brackets: list[torch.Tensor]  # each (<= 5, 3, H, W) float, darkest first
     references: list[int]
@@ -182,7 +185,8 @@ class Validation:
     @torch.no_grad()
     def score(self, model, preset: str) -> dict[str, float]:
         model.eval()
-        to_ref, to_label, consistency = [], [], []
+        to_ref, to_label, consistency, chroma = [], [], [], []
+        by_offset: dict[int, list[float]] = {}
         device = next(model.parameters()).device
         for frames, ref in zip(self.brackets, self.references):
             frames = frames.to(device)
@@ -190,14 +194,21 @@ class Validation:
             label = fusion.fuse(frames, preset=preset).clamp(0, 1)
             n = len(corrected)
             to_ref += [float(psnr(corrected[i], frames[ref])) for i in range(n) if i != ref]
-            to_label += [float(psnr(corrected[i], label)) for i in range(n)]
+            for i in range(n):
+                to_label.append(float(psnr(corrected[i], label)))
+                by_offset.setdefault(i - ref, []).append(to_label[-1])
             consistency += [float(psnr(corrected[i], corrected[j])) for i in range(n) for j in range(i + 1, n)]
+            added = highlight_chroma_added(corrected, frames)
+            chroma += added[~added.isnan()].tolist()
         model.train()
-        return {
+        scores = {
             "val_psnr_ref": float(np.mean(to_ref)),
             "val_psnr_label": float(np.mean(to_label)),
             "val_consistency": float(np.mean(consistency)),
+            "val_chroma_added": float(np.mean(chroma)) if chroma else 0.0,
         }
+        scores.update({f"val_psnr_label_{o:+d}": float(np.mean(v)) for o, v in sorted(by_offset.items()) if -2 <= o <= 2})
+        return scores
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -314,6 +325,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
                     "ranking": luminance_ranking_loss(
                         result["luminance"].float().view(b, -1), lcfg["ranking_margin"], lcfg["ranking_reduction"]
                     ),
+                    "consistency": cross_exposure_consistency_loss(corrected),
                 }
                 if perceptual is not None:
                     terms["perceptual"] = perceptual(corrected.flatten(0, 1), target.flatten(0, 1)).mean()
@@ -338,7 +350,8 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         row["steps"] = step + 1
         row["seconds"] = round(time.time() - started, 1)
         history.append(row)
-        score = row.get("val_psnr_ref", -row["loss"])
+        # The best checkpoint fits its labels best on scenes it never trained on (no reference frame used).
+        score = row.get("val_psnr_label", -row["loss"])
         is_best = score > best
         best = max(best, score)
         if ctx.is_main:

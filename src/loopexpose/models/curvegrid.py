@@ -1,15 +1,22 @@
 """CurveGrid: the LoopExpose single-exposure-correction network, built to run at full resolution on a CPU.
 
-Everything is predicted from a fixed-size thumbnail (``thumb x thumb``, area-downsampled), so the network's cost
-does not grow with the photo. Full-resolution work is a handful of operations per pixel:
+Everything is predicted from a fixed-size thumbnail (``thumb x thumb``, area-downsampled) and the thumbnail's
+luma histogram, so the network's cost does not grow with the photo. Full-resolution work is a handful of
+operations per pixel:
 
 1. **global tone and colour**: one monotone piecewise-linear curve per channel (``knots`` knots, from 0 to 1),
    ``y0 = curve_c(x_c)``;
-2. **local correction**: a bilateral grid of per-channel offsets, ``grid x grid`` cells by ``bins`` luminance
-   bins, sliced at each pixel by its position and the luma of ``y0`` (edge-aware, as in HDRNet's guided
-   upsampling), ``out = clamp(y0 + slice(grid, luma(y0)), 0, 1)``;
-3. **luminance feature**: one scalar per image from the global features, which the Luminance Ranking Loss
+2. **neutral highlights**: where the input is bright in every channel (clipped or nearly: no reliable hue),
+   the three curves give way to their mean, so a white sky stays white instead of taking a colour
+   (:func:`highlight_weight`);
+3. **local tone**: a bilateral grid of luma offsets, ``grid x grid`` cells by ``bins`` luminance bins, sliced
+   at each pixel by its position and the luma of ``y0`` (edge-aware, as in HDRNet's guided upsampling) and
+   added to all three channels, ``out = clamp(y0 + slice(grid, luma(y0)), 0, 1)``;
+4. **luminance feature**: one scalar per image from the global features, which the Luminance Ranking Loss
    orders by exposure.
+
+Colour is global (the curves) and local work is tone only: local per-channel offsets fitted the pseudo-labels'
+colours of clipped regions (a purple or yellow cast on white skies and walls) and did not generalise.
 
 Every frame's result depends on that frame alone (no batch statistics), and :meth:`CurveGrid.apply` is
 exact on any tile of the image, which is how :meth:`correct` bounds memory on very large photos.
@@ -39,7 +46,8 @@ class CurveGridConfig:
     width: int = 16  # channels after the first layer (doubled per stride-2 layer, capped at 4x)
     grid: int = 16  # spatial cells of the bilateral grid per side
     bins: int = 8  # luminance bins of the bilateral grid
-    knots: int = 16  # knots of each global tone curve
+    knots: int = 32  # knots of each global tone curve
+    histogram: int = 32  # bins of the thumbnail's luma histogram fed to the global head
 
 
 @dataclass
@@ -48,7 +56,7 @@ class CurveGridParams:
 
     Attributes:
         curves: ``(B, 3, knots)`` values of the per-channel tone curves at ``linspace(0, 1, knots)``.
-        grid: ``(B, 3, bins, grid, grid)`` bilateral grid of per-channel offsets.
+        grid: ``(B, 1, bins, grid, grid)`` bilateral grid of luma offsets.
         luminance: ``(B,)`` scalar luminance feature of each input.
     """
 
@@ -79,12 +87,12 @@ class CurveGrid(ExposureModel):
         c = chans[-1]
         self.local = nn.Sequential(_conv(c, c), nn.Conv2d(c, c, 3, 1, 1))
         self.global_features = nn.Sequential(_conv(c, c, 2), _conv(c, c, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.global_mlp = nn.Sequential(nn.Linear(c, c), nn.LeakyReLU(0.2, inplace=True))
+        self.global_mlp = nn.Sequential(nn.Linear(c + config.histogram, c), nn.LeakyReLU(0.2, inplace=True))
         self.global_to_local = nn.Linear(c, c)
-        self.curve_head = nn.Linear(c, 3 * (config.knots - 1))
+        self.curve_head = nn.Linear(c, 3 * (config.knots - 1) + 1)  # increments per channel + one white level
         self.luminance_head = nn.Linear(c, 1)
-        self.grid_head = nn.Conv2d(c, 3 * config.bins, 1)
-        # Start as the identity: flat softmax increments give a diagonal curve, zero offsets leave it alone.
+        self.grid_head = nn.Conv2d(c, config.bins, 1)
+        # Start as the exposure prior: zero heads give the prior curve of each image and no offsets.
         for head in (self.curve_head, self.grid_head):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -99,17 +107,25 @@ class CurveGrid(ExposureModel):
 
     def predict(self, x: torch.Tensor) -> CurveGridParams:
         """Predict curves, grid and luminance feature from ``(B, 3, H, W)`` images in [0, 1]."""
-        features = self.encoder(self.thumbnail(x) * 2 - 1)
-        g = self.global_mlp(self.global_features(features))
+        thumb = self.thumbnail(x)
+        features = self.encoder(thumb * 2 - 1)
+        # The luma histogram states the exposure directly; the convolutions add what it cannot (content).
+        luma = (thumb * thumb.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
+        hist = soft_histogram(luma, self.config.histogram) * self.config.histogram
+        g = self.global_mlp(torch.cat([self.global_features(features), hist], dim=1))
         local = self.local(features) + self.global_to_local(g)[:, :, None, None]
         b = x.shape[0]
-        increments = torch.softmax(self.curve_head(g).view(b, 3, -1), dim=-1)
-        curves = torch.cat([increments.new_zeros(b, 3, 1), increments.cumsum(-1)], dim=-1)
+        prior_increments, prior_white = prior_curve_logits(exposure_key(thumb), self.config.knots)
+        head = self.curve_head(g)
+        increments = torch.softmax(head[:, :-1].view(b, 3, -1) + prior_increments[:, None], dim=-1)
+        # One white level for the three curves, so clipped white comes out neutral (grey when darkened).
+        white = torch.sigmoid(head[:, -1] + prior_white).view(b, 1, 1)
+        curves = torch.cat([increments.new_zeros(b, 3, 1), increments.cumsum(-1) * white], dim=-1)
         cells = self.config.grid
         grid = self.grid_head(F.leaky_relu(local, 0.2))
         if grid.shape[-1] != cells or grid.shape[-2] != cells:
             grid = F.adaptive_avg_pool2d(grid, (cells, cells))
-        grid = grid.view(b, 3, self.config.bins, cells, cells)
+        grid = grid.view(b, 1, self.config.bins, cells, cells)
         return CurveGridParams(curves=curves, grid=grid, luminance=self.luminance_head(g).squeeze(-1))
 
     # ------------------------------------------------------------------ full-resolution application
@@ -128,9 +144,15 @@ class CurveGrid(ExposureModel):
         b, _, h, w = x.shape
         top, full_h = (rows[0], height) if rows is not None else (0, h)
         y0 = apply_curves(x, params.curves)
-        guide = (y0 * y0.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
-        offsets = bilateral_slice(params.grid, guide, top, full_h)
-        return (y0 + offsets).clamp_(0, 1) if not torch.is_grad_enabled() else (y0 + offsets).clamp(0, 1)
+        neutral = apply_curves(x, params.curves.mean(1, keepdim=True).expand_as(params.curves))
+        weight = highlight_weight(x)
+        y0 = torch.lerp(y0, neutral, weight)
+        guide = (y0 * y0.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        offsets = bilateral_slice(params.grid, guide[:, 0], top, full_h)
+        # Highlights take the luma offset as a gain (R, G, B scaled alike): an offset added to a bright, slightly
+        # coloured pixel that is being darkened would raise its saturation.
+        out = y0 + offsets * torch.lerp(torch.ones_like(y0), y0 / guide.clamp_min(1e-3), weight)
+        return out.clamp_(0, 1) if not torch.is_grad_enabled() else out.clamp(0, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` in [0, 1] -> ``{"output": (B, 3, H, W) in [0, 1], "luminance": (B,)}``."""
@@ -178,8 +200,11 @@ class CurveGrid(ExposureModel):
         thumb = cv2.resize(pixels, size, interpolation=inter).astype(np.float32) / np.float32(top)
         device = next(self.parameters()).device
         params = self.predict(torch.from_numpy(thumb).permute(2, 0, 1)[None].to(device))
-        ramp = torch.linspace(0, 1, levels, device=device).view(1, 1, 1, levels).expand(1, 3, 1, levels)
-        luts = apply_curves(ramp.contiguous(), params.curves)[0, :, 0].cpu().numpy()  # (3, levels)
+        ramp = torch.linspace(0, 1, levels).view(1, 1, 1, levels).expand(1, 3, 1, levels)
+        luts = apply_curves(ramp.contiguous(), params.curves.cpu())[0, :, 0].numpy()  # (3, levels)
+        neutral_lut = np.ascontiguousarray(luts.mean(0))  # the curves' mean, for highlights
+        weight_lut = highlight_weight(ramp)[0, 0, 0].numpy()  # (levels,) by the smallest channel
+        first_bright = int(np.argmax(weight_lut > 0))
         texture = _grid_texture(params.grid[0].float().cpu().numpy())
         bins, cells_y, cells_x = params.grid.shape[2:]
         step = np.float32(cells_x + 1)
@@ -194,6 +219,12 @@ class CurveGrid(ExposureModel):
                 y0 = cv2.LUT(tile, np.ascontiguousarray(luts.T[None]))
             else:
                 y0 = np.stack([luts[c][tile[..., c]] for c in range(3)], axis=-1)
+            darkest = tile.min(axis=2)
+            bright = darkest >= first_bright  # usually few pixels: the highlight rules run on those alone
+            if bright.any():
+                picked = y0[bright]
+                weight = weight_lut[darkest[bright]][:, None]
+                y0[bright] = picked + weight * (neutral_lut[tile[bright]] - picked)
             guide = cv2.transform(y0, luma_weights)
             pos = guide * np.float32(bins - 1)
             low_bin = np.minimum(np.floor(pos), np.float32(bins - 2))
@@ -203,7 +234,12 @@ class CurveGrid(ExposureModel):
             map_x = low_bin * step + col
             low = cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR)
             high = cv2.remap(texture, map_x + step, map_y, cv2.INTER_LINEAR)
-            result = y0 + low + frac[..., None] * (high - low)
+            offsets = low + frac * (high - low)
+            result = y0 + offsets[..., None]
+            if bright.any():  # highlights take the offset as a gain, as in apply()
+                picked = y0[bright]
+                gain = picked / np.maximum(guide[bright], np.float32(1e-3))[:, None] - 1
+                result[bright] += offsets[bright][:, None] * weight * gain
             out[start : start + rows] = (np.clip(result, 0, 1) * np.float32(top) + np.float32(0.5)).astype(out.dtype)
 
         from concurrent.futures import ThreadPoolExecutor
@@ -214,10 +250,106 @@ class CurveGrid(ExposureModel):
 
 
 def _grid_texture(grid: np.ndarray) -> np.ndarray:
-    """``(3, D, Gh, Gw)`` grid -> ``(Gh, D * (Gw + 1), 3)`` float32 image: bins side by side, each followed by a
+    """``(1, D, Gh, Gw)`` grid -> ``(Gh, D * (Gw + 1))`` float32 image: bins side by side, each followed by a
     copy of its last column so bilinear lookups at the right edge never reach the next bin."""
-    padded = np.concatenate([grid, grid[..., -1:]], axis=-1)  # (3, D, Gh, Gw + 1)
-    return np.ascontiguousarray(padded.transpose(2, 1, 3, 0).reshape(grid.shape[2], -1, 3)).astype(np.float32)
+    padded = np.concatenate([grid[0], grid[0, ..., -1:]], axis=-1)  # (D, Gh, Gw + 1)
+    return np.ascontiguousarray(padded.transpose(1, 0, 2).reshape(grid.shape[2], -1)).astype(np.float32)
+
+
+#: Smallest-channel levels between which a pixel's curves give way to their mean (see :func:`highlight_weight`).
+HIGHLIGHT_RAMP = (0.7, 0.85)
+
+
+def highlight_weight(x: torch.Tensor) -> torch.Tensor:
+    """How far each pixel is a highlight without reliable hue: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 1, H, W)``.
+
+    0 while the smallest channel is below ``HIGHLIGHT_RAMP[0]``, rising linearly to 1 at ``HIGHLIGHT_RAMP[1]``
+    (0.85, the level of :func:`loopexpose.metrics.highlight_chroma_added`): a pixel bright in every channel is
+    clipped or nearly, and a per-channel curve would only invent a colour for it.
+
+    >>> highlight_weight(torch.tensor([0.9, 0.95, 1.0]).view(1, 3, 1, 1)).item()
+    1.0
+    >>> highlight_weight(torch.tensor([0.5, 1.0, 1.0]).view(1, 3, 1, 1)).item()
+    0.0
+    """
+    low, high = HIGHLIGHT_RAMP
+    return ((x.amin(dim=1, keepdim=True) - low) / (high - low)).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------- the exposure prior
+#: Linear floor of the logarithm (-14 stops; 1/255 in sRGB is -11.7).
+LINEAR_FLOOR = 2.0**-14
+#: Linear luma (Rec. 709 primaries, as sRGB's) for the key.
+LINEAR_LUMA_WEIGHTS = (0.2126, 0.7152, 0.0722)
+#: Linear mid-grey: where the prior curve puts an image's key.
+MID_GREY_LINEAR = 0.18
+
+
+def log2_linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB ``(*)`` in [0, 1] -> ``log2`` of linear light, floored at :data:`LINEAR_FLOOR`.
+
+    The inverse sRGB transfer (IEC 61966-2-1, as ``kornia.color.rgb_to_linear_rgb``) and the logarithm in one
+    step: above the linear toe ``log2(((x + 0.055) / 1.055) ** 2.4)`` is ``2.4 log2((x + 0.055) / 1.055)``.
+
+    >>> round(log2_linear(torch.tensor([0.5])).item(), 3)  # sRGB 0.5 is linear 0.214
+    -2.224
+    """
+    x = x.clamp(0, 1)
+    upper = 2.4 * torch.log2((x + 0.055) / 1.055)
+    lower = torch.log2((x / 12.92).clamp_min(LINEAR_FLOOR))
+    return torch.where(x > 0.04045, upper, lower)
+
+
+def exposure_key(thumb: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, h, w)`` thumbnails in [0, 1] -> ``(B,)`` median log2 linear luma: where the image's mid-tones
+    sit, robust to clipped shadows and highlights (the median moves by exactly an exposure change as long as
+    fewer than half the pixels clip)."""
+    linear = torch.exp2(log2_linear(thumb)) * thumb.new_tensor(LINEAR_LUMA_WEIGHTS).view(1, 3, 1, 1)
+    return torch.log2(linear.sum(1).flatten(1)).median(dim=1).values
+
+
+def prior_curve_logits(key: torch.Tensor, knots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The curve a fresh network applies to each image, as the logits the curve head's output is added to.
+
+    Linear light scaled so the image's key lands on linear mid-grey, clipped at white, encoded as sRGB: the
+    "gain to mid-grey" in linear light. A brightening gain saturates early; a darkening one maps white to grey
+    (every clipped pixel stays neutral). The curve head learns corrections to it, so a dark frame starts
+    brightened as far as its key says instead of having to learn every stop.
+
+    Args:
+        key: ``(B,)`` exposure keys (:func:`exposure_key`).
+        knots: knots of the curve.
+    Returns:
+        ``(B, knots - 1)`` log increments (their softmax is the curve's shape from 0 to its white level) and
+        ``(B,)`` the logit of the white level (the curve's value at 1).
+
+    >>> increments, white = prior_curve_logits(torch.tensor([-2.47, -0.47]), 5)  # mid-grey; 2 stops over
+    >>> torch.allclose(increments[0].softmax(-1), torch.full((4,), 0.25), atol=0.02), round(white[0].sigmoid().item(), 2)
+    (True, 1.0)
+    >>> round(white[1].sigmoid().item(), 2)  # white darkened by 2 stops: sRGB of linear 0.25
+    0.54
+    """
+    import kornia
+
+    level = torch.linspace(0, 1, knots, device=key.device)
+    gain = MID_GREY_LINEAR / torch.exp2(key.detach().float())
+    linear = kornia.color.rgb_to_linear_rgb(level.view(1, 1, 1, -1).expand(1, 3, 1, -1))[0, 0, 0] * gain[:, None]
+    curve = kornia.color.linear_rgb_to_rgb(linear.clamp(max=1)[:, None, None].expand(-1, 3, 1, -1))[:, 0, 0]
+    white = curve[:, -1].clamp(0.02, 0.999)
+    increments = curve.diff(dim=-1).clamp_min(1e-4 * white[:, None])  # every increment stays reachable by the head
+    return torch.log(increments / increments.sum(-1, keepdim=True)), torch.logit(white)
+
+
+def soft_histogram(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """Soft (linearly interpolated) histogram: ``(B, *)`` values in [0, 1] -> ``(B, bins)`` summing to 1 per
+    row, bin centres at ``linspace(0, 1, bins)``.
+
+    >>> soft_histogram(torch.full((1, 2, 2), 0.5), 3).tolist()
+    [[0.0, 1.0, 0.0]]
+    """
+    flat = values.flatten(1).clamp(0, 1)
+    centres = torch.linspace(0, 1, bins, device=values.device, dtype=values.dtype).view(1, bins, 1)
+    return (1 - (flat[:, None] - centres).abs() * (bins - 1)).clamp_min(0).mean(-1)
 
 
 def apply_curves(x: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
