@@ -73,7 +73,11 @@ __all__ = [
 WINDOW = 5
 #: SEC baselines: simple, training-free, and strong on some metrics; reports flag them.
 BASELINES = ("identity", "gain", "gamma", "autolevels", "clahe")
-DEFAULT_METHODS = ("identity", "gain", "gamma", "autolevels", "clahe", "mertens-cv2", "mertens", "mertens:mertens")
+#: What ``loopexpose eval`` runs without ``--methods``: every baseline and fusion, and the bundled model (with its
+#: LoopExpose MEF rows), so that the report answers "how does the model compare".
+DEFAULT_METHODS = (
+    "identity", "gain", "gamma", "autolevels", "clahe", "mertens-cv2", "mertens", "mertens:mertens", "model:default",
+)  # fmt: skip
 
 SEC, MEF = "sec", "mef"
 
@@ -350,6 +354,7 @@ def evaluate_bracket5(
     on_scene: SceneCallback | None = None,
     progress: Callable[[str], None] | None = None,
     mef_ssim_frames: bool = True,
+    on_error: Callable[[LoopExposeError], None] | None = None,
 ) -> EvalResults:
     """The ``bracket-5`` protocol (see the module docstring) over some scenes; pure apart from the file reads.
 
@@ -363,6 +368,8 @@ def evaluate_bracket5(
         progress: called with each scene key before it is evaluated.
         mef_ssim_frames: also score every corrected frame with MEF-SSIM (the slowest metric; training
             validation may turn it off).
+        on_error: if given, a scene whose frames cannot be read is passed to it as the error and left out (the
+            others go on); otherwise the error is raised.
 
     Returns:
         :class:`EvalResults` with ``psnr``, ``ssim``, ``consistency``, ``mef_ssim`` per SEC scene row (``psnr`` and
@@ -378,7 +385,13 @@ def evaluate_bracket5(
         key = _scene_key(bracket)
         if progress is not None:
             progress(key)
-        frames, start, reference = load_window(bracket, max_side)
+        try:
+            frames, start, reference = load_window(bracket, max_side)
+        except LoopExposeError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
         ref = reference - start
         target = frames[ref]
         evs = bracket.evs
