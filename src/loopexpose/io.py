@@ -104,6 +104,10 @@ def set_max_pixels(value: int | None) -> None:
     os.environ[MAX_PIXELS_ENV] = str(int(value))
 
 
+class TooLargeError(LoopExposeError):
+    """An image above the pixel limit (:func:`max_pixels`): refused from its header, before decoding."""
+
+
 def _describe_limit(limit: int) -> str:
     return f"the limit is {limit / 1e6:.1f} MP (raise it with --max-pixels or ${MAX_PIXELS_ENV}; 0: no limit)"
 
@@ -112,7 +116,7 @@ def check_pixels(width: int, height: int, path: object = None) -> None:
     """Refuse an image of ``width x height`` above :func:`max_pixels`, naming ``path``."""
     limit = max_pixels()
     if limit and width * height > limit:
-        raise LoopExposeError(f"image is {width}x{height} ({width * height / 1e6:.1f} MP); {_describe_limit(limit)}", path)
+        raise TooLargeError(f"image is {width}x{height} ({width * height / 1e6:.1f} MP); {_describe_limit(limit)}", path)
 
 
 _PIL_LOCK = threading.Lock()  # warnings.catch_warnings and Pillow's limit are process-wide: one open at a time
@@ -126,7 +130,7 @@ def open_pil(source, path: object = None):
     lifted while the header is read, so that ``--max-pixels`` above Pillow's refusal size works).
 
     Raises:
-        LoopExposeError: the image is above the pixel limit.
+        TooLargeError: the image is above the pixel limit.
         OSError, UnidentifiedImageError, SyntaxError, ValueError: as :func:`PIL.Image.open`.
     """
     with _PIL_LOCK, warnings.catch_warnings():
@@ -140,7 +144,7 @@ def open_pil(source, path: object = None):
         except Image.DecompressionBombError as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
             size = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "too large"
-            raise LoopExposeError(f"image is {size}; {_describe_limit(limit)}", path) from None
+            raise TooLargeError(f"image is {size}; {_describe_limit(limit)}", path) from None
         finally:
             Image.MAX_IMAGE_PIXELS = pillow_limit
         with image:
@@ -218,6 +222,28 @@ def read_image(path: str | os.PathLike) -> Photo:
     """
     pixels, bit_depth, exif, icc = _decode(Path(path))
     return Photo(pixels=_to_float(pixels), path=Path(path), bit_depth=bit_depth, exif=exif, icc=icc)
+
+
+def image_size(path: str | os.PathLike, name: object = None) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone (nothing is decoded).
+
+    Args:
+        name: how errors name the file (default: ``path``).
+
+    Raises:
+        TooLargeError: above :func:`max_pixels`.
+        LoopExposeError: missing, empty, not a JPEG, PNG or TIFF, or a damaged header.
+    """
+    path = Path(path)
+    name = path if name is None else name
+    if not path.is_file():
+        raise LoopExposeError("no such file", name)
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise LoopExposeError("empty file", name)
+    width, height = _read_metadata(data, name)[3]
+    check_pixels(width, height, name)
+    return width, height
 
 
 def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
@@ -884,7 +910,9 @@ def _measure_cached(path_text: str, mtime_ns: int, size: int) -> tuple[float, fl
         with open_pil(path, path) as image:
             ev = _exif_ev_of(image.getexif())
             # PIL's fast path is 8-bit only (it clips 16-bit grey); deeper files go through read_image.
-            if image.mode in {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}:
+            # (JPEG, PNG and TIFF only: anything else goes to read_image below, which refuses it)
+            if image.format in {"JPEG", "MPO", "PNG", "TIFF"} and image.mode in {"RGB", "RGBA", "L", "LA", "P",
+                                                                                 "PA", "CMYK", "YCbCr", "1"}:
                 if image.format == "JPEG":
                     scale = 256 / max(image.size)
                     if scale < 1:
