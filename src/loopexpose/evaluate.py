@@ -368,7 +368,7 @@ def evaluate_bracket5(
         progress: called with each scene key before it is evaluated.
         mef_ssim_frames: also score every corrected frame with MEF-SSIM (the slowest metric; training
             validation may turn it off).
-        on_error: if given, a scene whose frames cannot be read is passed to it as the error and left out (the
+        on_error: if given, a scene whose frames cannot be read (or are too small for MEF-SSIM) is passed to it as the error and left out (the
             others go on); otherwise the error is raised.
 
     Returns:
@@ -395,7 +395,7 @@ def evaluate_bracket5(
         ref = reference - start
         target = frames[ref]
         evs = bracket.evs
-        results.scenes.append({
+        scene_info = {
             "scene": key,
             "frames": len(bracket),
             "window": [start, start + len(frames) - 1],
@@ -404,7 +404,7 @@ def evaluate_bracket5(
             "reference_luma": round(float(bracket.mean_luma[reference]), 4),
             "rule": bracket.rule,
             "size": list(frames.shape[-2:]),
-        })  # fmt: skip
+        }
         outputs: dict[str, torch.Tensor] = {}
         for method in sorted(methods, key=lambda m: m.kind != SEC):  # SEC first: LoopExpose MEF fuses their output
             with torch.no_grad():
@@ -417,9 +417,14 @@ def evaluate_bracket5(
             try:
                 mef_values = iter(metrics.mef_ssim(frames, images).tolist())
             except ValueError as exc:  # too small for 3 scales of 11x11 windows
-                raise LoopExposeError(f"{exc} (raise --max-side)", bracket.scene) from None
+                error = LoopExposeError(f"{exc} (raise --max-side)", bracket.scene)
+                if on_error is None:
+                    raise error from None
+                on_error(error)
+                continue
             mef = {m.name: [next(mef_values) for _ in range(outputs[m.name].reshape(-1, 3, *frames.shape[-2:]).shape[0])]
                    for m in scored}  # fmt: skip
+        results.scenes.append(scene_info)  # after the checks above: a scene left out leaves no rows
         for method in methods:
             out = outputs[method.name]
             row: dict = {"scene": key, "method": method.name, "kind": method.kind}
