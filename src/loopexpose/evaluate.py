@@ -368,8 +368,8 @@ def evaluate_bracket5(
         progress: called with each scene key before it is evaluated.
         mef_ssim_frames: also score every corrected frame with MEF-SSIM (the slowest metric; training
             validation may turn it off).
-        on_error: if given, a scene whose frames cannot be read (or are too small for MEF-SSIM) is passed to it as the error and left out (the
-            others go on); otherwise the error is raised.
+        on_error: if given, a scene whose frames cannot be read, or are too small for MEF-SSIM, is passed to it
+            as the error and left out (the others go on); otherwise the error is raised.
 
     Returns:
         :class:`EvalResults` with ``psnr``, ``ssim``, ``consistency``, ``mef_ssim`` per SEC scene row (``psnr`` and
