@@ -50,3 +50,18 @@ def randomised_curvegrid(seed: int = 0):
         torch.nn.init.normal_(head.weight, std=0.3)
         torch.nn.init.normal_(head.bias, std=0.3)
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _restore_pixel_limit():
+    """``--max-pixels`` sets ``$LOOPEXPOSE_MAX_PIXELS`` for the process (so that worker processes inherit it);
+    commands run in this process must not leave theirs to the next test."""
+    import os
+
+    from loopexpose.io import MAX_PIXELS_ENV
+
+    saved = os.environ.pop(MAX_PIXELS_ENV, None)
+    yield
+    os.environ.pop(MAX_PIXELS_ENV, None)
+    if saved is not None:
+        os.environ[MAX_PIXELS_ENV] = saved

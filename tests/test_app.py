@@ -141,7 +141,7 @@ def test_limits_refuse_with_clear_messages(tmp_path):
         demo.correct(upload(demo, np.zeros((100, 200, 3), np.float32), "wide.png"), "identity")
     fake = demo.uploads / "fake.png"
     fake.write_bytes(b"not an image at all")
-    with pytest.raises(LoopExposeError, match=r"fake\.png: not a readable JPEG, PNG or TIFF image"):
+    with pytest.raises(LoopExposeError, match=r"fake\.png: not an image, or not a JPEG, PNG or TIFF"):
         demo.correct(str(fake), "identity")
     (demo.uploads / "notes.txt").write_text("hello")
     with pytest.raises(LoopExposeError, match=r"notes\.txt: unsupported file type"):

@@ -13,10 +13,16 @@ checked for size and pixel count before decoding, and copied under sanitised nam
 before ordering (so no name or path chosen by a user reaches the file system). Results older than an hour are
 purged, and the whole folder is removed when the server stops. Gradio's analytics are switched off and no
 share link is ever made.
+
+Errors: the Gradio handlers (:func:`handle_correct`, :func:`handle_fuse`) show a user's mistake (a broken file,
+a photo too large) as one message naming the file by its base name, never a server path, and log it as one line;
+Gradio's own image preprocessing (which would open the upload with Pillow and fail with a server path and a
+traceback) is bypassed. Only a bug (any other exception) leaves a traceback, in the server log alone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -31,11 +37,12 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import IMAGE_SUFFIXES
 from loopexpose.io import estimate_exposure as io_estimate_exposure
+
+log = logging.getLogger("loopexpose.app")
 
 # Long side of the images sent to the browser (as PNG: lossy previews would misrepresent the result); the
 # downloads stay full resolution.
@@ -214,13 +221,12 @@ class WebDemo:
         size_mb = path.stat().st_size / 1e6
         if size_mb > self.limits.max_upload_mb:
             raise LoopExposeError(f"file is {size_mb:.1f} MB; the limit is {self.limits.max_upload_mb:g} MB", name)
+        from loopexpose.io import TooLargeError, image_size
+
         try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Image.DecompressionBombError:
+            width, height = image_size(path, name)  # the reader's own header check: float TIFFs too, no warnings
+        except TooLargeError:
             raise LoopExposeError(f"image is too large; the limit is {self.limits.max_megapixels:g} MP", name) from None
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-            raise LoopExposeError("not a readable JPEG, PNG or TIFF image", name) from None
         megapixels = width * height / 1e6
         if megapixels > self.limits.max_megapixels:
             raise LoopExposeError(
@@ -260,8 +266,13 @@ class WebDemo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def public_message(self, error: Exception) -> str:
-        """An error's message with the private folder's paths cut down to file names."""
-        return re.sub(re.escape(str(self.workdir)) + r"/(?:[^\s:]*/)?", "", str(error))
+        """An error's message with the private folder's paths cut down to file names (also a path Gradio gave
+        before it was resolved, and a bare mention of the folder itself)."""
+        text = str(error)
+        for root in {str(self.workdir), os.path.abspath(self.workdir), os.path.realpath(self.workdir)}:
+            text = re.sub(re.escape(root) + r"(?:/[^\s:'\"]*)*/", "", text)
+            text = text.replace(root, "<server>")
+        return text
 
     # ------------------------------------------------------------------ the two jobs
     def correct(self, upload: str | os.PathLike | None, model_name: str) -> CorrectResult:
@@ -386,6 +397,48 @@ def _gradio():
     return gradio
 
 
+def upload_path(upload: Any) -> str | None:
+    """The server-side path of an upload as Gradio hands it over: a path, or (with preprocessing off) its
+    ``FileData`` payload, as a dict or an object with ``.path``."""
+    if upload is None or isinstance(upload, (str, os.PathLike)):
+        return upload
+    if isinstance(upload, Mapping):
+        return upload.get("path")
+    return getattr(upload, "path", None)
+
+
+def _run(demo: WebDemo, job, *args):
+    """``job(*args)`` with errors turned into what the browser shows: a user's mistake becomes ``gr.Error``
+    with a path-free message and one line in the server log; a bug is logged with its traceback and shown as
+    an internal error, also without paths."""
+    gr = _gradio()
+    try:
+        return job(*args)
+    except LoopExposeError as exc:
+        message = demo.public_message(exc)
+        log.warning("refused: %s", message)
+        raise gr.Error(message, print_exception=False) from None
+    except Exception:  # noqa: BLE001 - a bug: the log keeps the details, the browser gets no server paths
+        log.exception("internal error")
+        raise gr.Error("internal error (the server log has the details)", print_exception=False) from None
+
+
+def handle_correct(demo: WebDemo, upload: Any, model_name: str):
+    """The *Correct* button: ``((before, after), report, download button)``; errors as :func:`_run` says."""
+    gr = _gradio()
+    result = _run(demo, demo.correct, upload_path(upload), model_name)
+    return (result.before, result.after), result.report, gr.DownloadButton(value=str(result.download), visible=True)
+
+
+def handle_fuse(demo: WebDemo, uploads: Any, model_name: str):
+    """The *Fuse* button: ``(ordered, corrected, fused, report, download button)``; errors as :func:`_run`."""
+    gr = _gradio()
+    paths = None if uploads is None else [upload_path(u) for u in uploads]
+    result = _run(demo, demo.fuse, paths, model_name)
+    download = gr.DownloadButton(value=str(result.download), visible=True)
+    return result.ordered, result.corrected, result.fused, result.report, download
+
+
 def build_app(demo: WebDemo):
     """The Gradio ``Blocks`` of the demo (tabs *Correct* and *Fuse*, examples preloaded)."""
     # Uploads land in the demo's private folder; Gradio reads this when Blocks and its server are created.
@@ -395,19 +448,10 @@ def build_app(demo: WebDemo):
     names = demo.model_names
 
     def run_correct(upload, model_name):
-        try:
-            result = demo.correct(upload, model_name)
-        except LoopExposeError as exc:
-            raise gr.Error(demo.public_message(exc)) from None
-        return (result.before, result.after), result.report, gr.DownloadButton(value=str(result.download), visible=True)
+        return handle_correct(demo, upload, model_name)
 
     def run_fuse(uploads, model_name):
-        try:
-            result = demo.fuse(uploads, model_name)
-        except LoopExposeError as exc:
-            raise gr.Error(demo.public_message(exc)) from None
-        download = gr.DownloadButton(value=str(result.download), visible=True)
-        return result.ordered, result.corrected, result.fused, result.report, download
+        return handle_fuse(demo, uploads, model_name)
 
     limits = demo.limits
     with gr.Blocks(title="LoopExpose", analytics_enabled=False) as blocks:
@@ -435,7 +479,10 @@ def build_app(demo: WebDemo):
                     )
                     report = gr.Markdown(elem_id="correct-report")
                     download = gr.DownloadButton("Download full resolution", visible=False, elem_id="correct-download")
-            button.click(run_correct, [photo, model], [slider, report, download], concurrency_limit=1)
+            # preprocess=False: Gradio would open the upload with Pillow first and fail, for a broken file, with a
+            # server path and a traceback; the handler reads the file itself (and the dropdown value is plain).
+            button.click(run_correct, [photo, model], [slider, report, download], concurrency_limit=1,
+                         preprocess=False)  # fmt: skip
         with gr.Tab("Fuse", id="fuse"):
             with gr.Row():
                 with gr.Column(scale=2):

@@ -73,7 +73,11 @@ __all__ = [
 WINDOW = 5
 #: SEC baselines: simple, training-free, and strong on some metrics; reports flag them.
 BASELINES = ("identity", "gain", "gamma", "autolevels", "clahe")
-DEFAULT_METHODS = ("identity", "gain", "gamma", "autolevels", "clahe", "mertens-cv2", "mertens", "mertens:mertens")
+#: What ``loopexpose eval`` runs without ``--methods``: every baseline and fusion, and the bundled model (with its
+#: LoopExpose MEF rows), so that the report answers "how does the model compare".
+DEFAULT_METHODS = (
+    "identity", "gain", "gamma", "autolevels", "clahe", "mertens-cv2", "mertens", "mertens:mertens", "model:default",
+)  # fmt: skip
 
 SEC, MEF = "sec", "mef"
 
@@ -362,6 +366,7 @@ def evaluate_bracket5(
     progress: Callable[[str], None] | None = None,
     mef_ssim_frames: bool = True,
     label_preset: str = "opencv",
+    on_error: Callable[[LoopExposeError], None] | None = None,
 ) -> EvalResults:
     """The ``bracket-5`` protocol (see the module docstring) over some scenes; pure apart from the file reads.
 
@@ -377,6 +382,8 @@ def evaluate_bracket5(
             validation may turn it off).
         label_preset: fusion preset of the *label*, the Mertens fusion of the input frames that LoopExpose
             trains towards (``psnr_label``).
+        on_error: if given, a scene whose frames cannot be read, or are too small for MEF-SSIM, is passed to it
+            as the error and left out (the others go on); otherwise the error is raised.
 
     Returns:
         :class:`EvalResults` with ``psnr``, ``ssim``, ``consistency``, ``mef_ssim``, ``psnr_label`` and
@@ -397,12 +404,18 @@ def evaluate_bracket5(
         key = _scene_key(bracket)
         if progress is not None:
             progress(key)
-        frames, start, reference = load_window(bracket, max_side)
+        try:
+            frames, start, reference = load_window(bracket, max_side)
+        except LoopExposeError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
         ref = reference - start
         target = frames[ref]
         label = fuse(frames, preset=label_preset).clamp(0, 1)
         evs = bracket.evs
-        results.scenes.append({
+        scene_info = {
             "scene": key,
             "frames": len(bracket),
             "window": [start, start + len(frames) - 1],
@@ -411,7 +424,7 @@ def evaluate_bracket5(
             "reference_luma": round(float(bracket.mean_luma[reference]), 4),
             "rule": bracket.rule,
             "size": list(frames.shape[-2:]),
-        })  # fmt: skip
+        }
         outputs: dict[str, torch.Tensor] = {}
         for method in sorted(methods, key=lambda m: m.kind != SEC):  # SEC first: LoopExpose MEF fuses their output
             with torch.no_grad():
@@ -424,9 +437,14 @@ def evaluate_bracket5(
             try:
                 mef_values = iter(metrics.mef_ssim(frames, images).tolist())
             except ValueError as exc:  # too small for 3 scales of 11x11 windows
-                raise LoopExposeError(f"{exc} (raise --max-side)", bracket.scene) from None
+                error = LoopExposeError(f"{exc} (raise --max-side)", bracket.scene)
+                if on_error is None:
+                    raise error from None
+                on_error(error)
+                continue
             mef = {m.name: [next(mef_values) for _ in range(outputs[m.name].reshape(-1, 3, *frames.shape[-2:]).shape[0])]
                    for m in scored}  # fmt: skip
+        results.scenes.append(scene_info)  # after the checks above: a scene left out leaves no rows
         for method in methods:
             out = outputs[method.name]
             row: dict = {"scene": key, "method": method.name, "kind": method.kind}

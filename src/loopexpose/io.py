@@ -19,39 +19,177 @@ The rule used is reported in :attr:`Bracket.rule` (and by ``loopexpose scenes``)
 Frames of one scene with different sizes: a frame whose aspect ratio is within 2% of the first (darkest)
 frame's is resized to it with a warning (cameras and converters crop a few pixels); anything else is an error.
 
-Formats: JPEG, PNG and TIFF, 8 or 16 bit, grey, grey+alpha, RGB, RGBA or palette (alpha dropped); EXIF
-orientation applied on read. Writes (always atomic: temp file + rename) keep EXIF and the ICC profile in every
+Formats: JPEG, PNG and TIFF, 8 or 16 bit, grey, grey+alpha, RGB, RGBA, CMYK or palette (alpha dropped), and
+float TIFF (16, 32 or 64 bit, clipped to ``[0, 1]``); EXIF orientation applied on read. Signed-integer and 32-bit
+integer samples are refused with an error that says so.
+
+Images above a pixel limit (:func:`max_pixels`, ``--max-pixels`` in the CLI, ``LOOPEXPOSE_MAX_PIXELS`` in the
+environment; by default :data:`DEFAULT_MAX_PIXELS`, the size at which Pillow itself refuses a file as a
+decompression bomb) are refused from their header, before any pixel is decoded, with a one-line error instead of
+Pillow's warning or exception. Decoders' own complaints (libjpeg's "Corrupt JPEG data", libpng's errors) never
+reach the terminal: a file that makes a decoder complain is refused as corrupt. Writes (always atomic: temp file + rename) keep EXIF and the ICC profile in every
 format and depth: JPEG 8 bit, PNG 8/16 bit (16-bit via OpenCV plus ``eXIf``/``iCCP`` chunks), TIFF 8/16 bit via
 tifffile (ICC, IFD0 text tags such as Make/Model/DateTime, and the Exif sub-IFD; GPS and thumbnail are dropped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io as _io
+import logging
 import math
 import os
 import re
 import struct
+import sys
 import tempfile
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 import tifffile
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from loopexpose.errors import LoopExposeError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so that `loopexpose scenes` and --help start fast
+    import torch
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 _EXIF_IFD = 0x8769
 _ORIENTATION = 0x0112
 _EXPOSURE_TIME, _F_NUMBER, _ISO = 0x829A, 0x829D, 0x8827
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # Rec. 601, as in JPEG and OpenCV's RGB2GRAY
+
+# Pillow warns above 89.5 MP and refuses above twice that; we take its refusal size as our default limit, with
+# no warning below it (a 144 MP medium-format photo reads silently), and make it configurable.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+MAX_PIXELS_ENV = "LOOPEXPOSE_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """The largest image read, in pixels (width x height); 0 means no limit.
+
+    ``$LOOPEXPOSE_MAX_PIXELS`` when set (as :func:`set_max_pixels` and the CLI's ``--max-pixels`` do, so that
+    worker processes inherit it), else :data:`DEFAULT_MAX_PIXELS` (178,956,970: about 179 MP).
+    """
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise LoopExposeError(f"${MAX_PIXELS_ENV} must be a whole number of pixels (0: no limit), got {text!r}") from None
+    if value < 0:
+        raise LoopExposeError(f"${MAX_PIXELS_ENV} must be >= 0 (0: no limit), got {value}")
+    return value
+
+
+def set_max_pixels(value: int | None) -> None:
+    """Set the pixel limit for this process and the processes it starts (``None``: leave it as it is).
+
+    Raises:
+        LoopExposeError: ``value`` is negative.
+    """
+    if value is None:
+        return
+    if value < 0:
+        raise LoopExposeError(f"--max-pixels must be >= 0 (0: no limit), got {value}")
+    os.environ[MAX_PIXELS_ENV] = str(int(value))
+
+
+class TooLargeError(LoopExposeError):
+    """An image above the pixel limit (:func:`max_pixels`): refused from its header, before decoding."""
+
+
+def _describe_limit(limit: int) -> str:
+    return f"the limit is {limit / 1e6:.1f} MP (raise it with --max-pixels or ${MAX_PIXELS_ENV}; 0: no limit)"
+
+
+def check_pixels(width: int, height: int, path: object = None) -> None:
+    """Refuse an image of ``width x height`` above :func:`max_pixels`, naming ``path``."""
+    limit = max_pixels()
+    if limit and width * height > limit:
+        raise TooLargeError(f"image is {width}x{height} ({width * height / 1e6:.1f} MP); {_describe_limit(limit)}", path)
+
+
+_PIL_LOCK = threading.Lock()  # warnings.catch_warnings and Pillow's limit are process-wide: one open at a time
+
+
+@contextlib.contextmanager
+def open_pil(source, path: object = None):
+    """``PIL.Image.open(source)`` within the pixel limit, without Pillow's warnings on stderr.
+
+    Pillow's own decompression-bomb check is replaced by :func:`check_pixels` on the header's size (it is
+    lifted while the header is read, so that ``--max-pixels`` above Pillow's refusal size works).
+
+    Raises:
+        TooLargeError: the image is above the pixel limit.
+        OSError, UnidentifiedImageError, SyntaxError, ValueError: as :func:`PIL.Image.open`.
+    """
+    with _PIL_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DecompressionBombWarning, "Truncated File Read", odd TIFF tags, ...
+        limit = max_pixels()
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        if pillow_limit is not None and (limit == 0 or limit > 2 * pillow_limit):
+            Image.MAX_IMAGE_PIXELS = None
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "too large"
+            raise TooLargeError(f"image is {size}; {_describe_limit(limit)}", path) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
+        with image:
+            check_pixels(*image.size, path)
+            yield image
+
+
+_DECODE_LOCK = threading.Lock()
+_DECODER_COMPLAINTS = ("corrupt jpeg data", "premature end", "libpng error", "libpng warning", "bogus", "invalid",
+                       "incorrect", "crc error", "read error", "truncat")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Collect what C libraries write to file descriptor 2 (libjpeg, libpng, libtiff print there directly).
+
+    Yields a list that holds the captured text afterwards. Whatever else reached stderr meanwhile (other threads'
+    output) is written back unchanged, only later. Where descriptors cannot be swapped, nothing is captured.
+    """
+    captured: list[str] = []
+    with _DECODE_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):
+            yield captured
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read().decode("utf-8", "replace")
+                lines = text.splitlines(keepends=True)
+                complaints = [line for line in lines if any(word in line.lower() for word in _DECODER_COMPLAINTS)]
+                captured.extend(line.strip() for line in complaints)
+                others = "".join(line for line in lines if line not in complaints)
+                if others:
+                    with contextlib.suppress(OSError):
+                        os.write(2, others.encode("utf-8"))
 
 
 @dataclass
@@ -86,6 +224,28 @@ def read_image(path: str | os.PathLike) -> Photo:
     return Photo(pixels=_to_float(pixels), path=Path(path), bit_depth=bit_depth, exif=exif, icc=icc)
 
 
+def image_size(path: str | os.PathLike, name: object = None) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone (nothing is decoded).
+
+    Args:
+        name: how errors name the file (default: ``path``).
+
+    Raises:
+        TooLargeError: above :func:`max_pixels`.
+        LoopExposeError: missing, empty, not a JPEG, PNG or TIFF, or a damaged header.
+    """
+    path = Path(path)
+    name = path if name is None else name
+    if not path.is_file():
+        raise LoopExposeError("no such file", name)
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise LoopExposeError("empty file", name)
+    width, height = _read_metadata(data, name)[3]
+    check_pixels(width, height, name)
+    return width, height
+
+
 def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
     """``(H, W, 3)`` RGB samples as stored (uint8, uint16 or float32), upright, with the long side at most
     ``max_side`` if > 0 (area filter on the integer samples; JPEGs are decoded at a reduced DCT scale first when
@@ -98,6 +258,7 @@ def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | Non
     if data.size == 0:
         raise LoopExposeError("empty file", path)
     exif_bytes, icc, orientation, (width, height), image_format = _read_metadata(data, path)
+    check_pixels(width, height, path)
     if _truncated_jpeg(data):
         raise LoopExposeError("truncated JPEG (no end-of-image marker)", path)
     flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
@@ -109,22 +270,35 @@ def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | Non
                 flags = reduced | cv2.IMREAD_IGNORE_ORIENTATION
                 break
     raw = None
-    if image_format == "TIFF" and orientation != 1:
-        # OpenCV's TIFF decoder applies the orientation itself, whatever the flags: read the stored layout with
-        # tifffile and orient below like every other format; when tifffile lacks the codec, trust OpenCV's.
-        raw = _decode_tiff_stored(data)
+    complaints: list[str] = []
+    if image_format == "TIFF" and (orientation != 1 or _tiff_needs_tifffile(data)):
+        # OpenCV's TIFF decoder applies the orientation itself, whatever the flags, and reads no float16 or
+        # float64: read the stored layout with tifffile and orient below like every other format; when tifffile
+        # lacks the codec, trust OpenCV's.
+        raw = _decode_tiff_stored(data, path)
         orientation = 1 if raw is None else orientation
     if raw is None:
-        with _quiet_opencv():
+        with _quiet_opencv(), _captured_stderr() as complaints:
             raw = cv2.imdecode(data, flags)
     if raw is None:
         raise LoopExposeError("cannot decode image data (truncated or corrupt file)", path)
+    if complaints:  # libjpeg decodes what it can of a damaged file and fills the rest with grey: refuse it
+        kind = "JPEG" if image_format in ("JPEG", "MPO") else image_format
+        detail = re.sub(r"^corrupt jpeg data:\s*", "", complaints[0].rstrip("."), flags=re.IGNORECASE)
+        raise LoopExposeError(f"corrupt {kind} data ({detail})", path)
     if raw.dtype == np.uint8:
         bit_depth = 8
-    elif raw.dtype in (np.uint16, np.float32):
+    elif raw.dtype == np.uint16:
+        bit_depth = 16
+    elif raw.dtype in (np.float16, np.float32, np.float64):
+        raw = raw.astype(np.float32, copy=False)
+        if not np.isfinite(raw).all():
+            raise LoopExposeError("float samples include NaN or infinity", path)
         bit_depth = 16
     else:
-        raise LoopExposeError(f"unsupported sample type {raw.dtype} (expected 8- or 16-bit)", path)
+        raise LoopExposeError(
+            f"unsupported sample type {raw.dtype} (use 8- or 16-bit unsigned integers, or float)", path
+        )
     if raw.ndim == 2:
         rgb = np.repeat(raw[:, :, None], 3, axis=2)
     elif raw.shape[2] in (1, 2):  # grey, grey + alpha
@@ -138,17 +312,53 @@ def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | Non
     return np.ascontiguousarray(_apply_orientation(rgb, orientation)), bit_depth, exif_bytes, icc
 
 
-def _decode_tiff_stored(data: np.ndarray) -> np.ndarray | None:
-    """First page of a TIFF as stored (no orientation applied), channels in OpenCV's BGR(A) order, or ``None``."""
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _tiff_page(data: np.ndarray):
+    """``(first page's samples, photometric)`` of TIFF bytes via tifffile, or ``None`` where it cannot read them."""
     try:
-        with tifffile.TiffFile(_io.BytesIO(data.tobytes())) as tif:
-            page = tif.pages[0]
+        with _quiet_tifffile(), tifffile.TiffFile(_io.BytesIO(data.tobytes())) as tif:
+            page = tif.pages.first
             samples = page.asarray()
             if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and samples.ndim == 3:
                 samples = np.moveaxis(samples, 0, -1)
-    except Exception:  # noqa: BLE001 - missing codec or odd layout: the caller falls back to OpenCV
+            return samples, int(page.photometric)
+    except Exception:  # noqa: BLE001 - missing codec, odd layout or damaged file
         return None
-    if samples.dtype == np.float64:
+
+
+def _tiff_needs_tifffile(data: np.ndarray) -> bool:
+    """True for a TIFF whose samples OpenCV does not read as they are (float16/float64, signed or 32-bit
+    integers): tifffile reads those, and :func:`_decode` refuses the integer kinds with a clear message."""
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(_io.BytesIO(data.tobytes())) as tif:
+            page = tif.pages.first
+            return page.dtype is not None and page.dtype not in (np.uint8, np.uint16, np.float32)
+    except Exception:  # noqa: BLE001 - unreadable by tifffile: OpenCV decides
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs damaged files as warnings (printed when nobody configured logging); we raise one error."""
+    logger = logging.getLogger("tifffile")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def _decode_tiff_stored(data: np.ndarray, path: Path | None = None) -> np.ndarray | None:
+    """First page of a TIFF as stored (no orientation applied), channels in OpenCV's BGR(A) order, or ``None``."""
+    page = _tiff_page(data)
+    if page is None:
+        return None
+    samples, photometric = page
+    if photometric == 5:  # separated (CMYK): OpenCV knows how to turn that into colour, tifffile does not
+        return None
+    if samples.dtype.kind == "f":
         samples = samples.astype(np.float32)
     if samples.ndim == 3 and samples.shape[2] >= 3:
         samples = np.concatenate([samples[:, :, 2::-1], samples[:, :, 3:4]], axis=2)
@@ -175,7 +385,7 @@ def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | 
     """EXIF bytes (orientation reset to 1, TIFF structure tags dropped), ICC profile, EXIF orientation,
     stored ``(width, height)`` and PIL's format name."""
     try:
-        with Image.open(_io.BytesIO(data.tobytes())) as meta:
+        with open_pil(_io.BytesIO(data.tobytes()), path) as meta:
             # PIL reads headers only; decoding is OpenCV's (faster, and it keeps 16-bit RGB, which PIL cannot).
             if meta.format not in {"JPEG", "PNG", "TIFF", "MPO"}:
                 raise LoopExposeError(f"unsupported image format {meta.format} (use JPEG, PNG or TIFF)", path)
@@ -189,9 +399,11 @@ def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | 
             icc = meta.info.get("icc_profile") or None
             size, image_format = meta.size, meta.format
     except UnidentifiedImageError:
+        if data[:4].tobytes() in _TIFF_MAGIC:  # e.g. float RGB or signed samples: Pillow cannot open those
+            return _tiff_metadata(data, path)
         raise LoopExposeError("not an image, or not a JPEG, PNG or TIFF", path) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise LoopExposeError(f"corrupt image header ({exc})", path) from None
+        raise LoopExposeError(f"truncated or corrupt file header ({exc})", path) from None
     try:
         orientation = int(exif.get(_ORIENTATION, 1) or 1)
     except (TypeError, ValueError):
@@ -205,6 +417,21 @@ def _read_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | 
     except Exception:  # noqa: BLE001 - a malformed EXIF block must not make the photo unreadable
         exif_bytes = None
     return exif_bytes, icc, orientation, size, image_format
+
+
+def _tiff_metadata(data: np.ndarray, path: Path) -> tuple[bytes | None, bytes | None, int, tuple[int, int], str]:
+    """:func:`_read_metadata` for TIFFs that Pillow cannot open, through tifffile: ICC profile and orientation
+    (no EXIF is carried)."""
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(_io.BytesIO(data.tobytes())) as tif:
+            page = tif.pages.first
+            width, height = int(page.imagewidth), int(page.imagelength)
+            tags = page.tags
+            icc = bytes(tags["InterColorProfile"].value) if "InterColorProfile" in tags else None
+            orientation = int(tags["Orientation"].value) if "Orientation" in tags else 1
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for a damaged file
+        raise LoopExposeError(f"truncated or corrupt TIFF ({exc})", path) from None
+    return None, icc, orientation, (width, height), "TIFF"
 
 
 class _quiet_opencv:
@@ -408,11 +635,15 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` float array in [0, 1] -> ``(3, H, W)`` float32 tensor in [0, 1]."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1).contiguous()
 
 
 def to_numpy(image: torch.Tensor) -> np.ndarray:
     """``(3, H, W)`` tensor in [0, 1] -> ``(H, W, 3)`` float32 array."""
+    import torch
+
     return image.detach().to("cpu", torch.float32).permute(1, 2, 0).contiguous().numpy()
 
 
@@ -589,9 +820,9 @@ def exif_ev(path: str | os.PathLike) -> float | None:
     A missing f-number counts as f/1 and a missing ISO as 100; a missing exposure time gives ``None``.
     """
     try:
-        with Image.open(path) as image:
+        with open_pil(path, path) as image:
             return _exif_ev_of(image.getexif())
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, LoopExposeError):
         return None
 
 
@@ -676,10 +907,12 @@ def _measure_cached(path_text: str, mtime_ns: int, size: int) -> tuple[float, fl
     path = Path(path_text)
     ev = None
     try:
-        with Image.open(path) as image:
+        with open_pil(path, path) as image:
             ev = _exif_ev_of(image.getexif())
             # PIL's fast path is 8-bit only (it clips 16-bit grey); deeper files go through read_image.
-            if image.mode in {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}:
+            # (JPEG, PNG and TIFF only: anything else goes to read_image below, which refuses it)
+            if image.format in {"JPEG", "MPO", "PNG", "TIFF"} and image.mode in {"RGB", "RGBA", "L", "LA", "P",
+                                                                                 "PA", "CMYK", "YCbCr", "1"}:
                 if image.format == "JPEG":
                     scale = 256 / max(image.size)
                     if scale < 1:
@@ -769,6 +1002,8 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
     Frames whose size differs from the first frame's are resized to it with a warning when the aspect ratio
     agrees within 2%; otherwise :class:`LoopExposeError`.
     """
+    import torch
+
     if not isinstance(bracket, Bracket):
         bracket = order_bracket(bracket)
     frames = []

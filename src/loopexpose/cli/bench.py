@@ -21,6 +21,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loopexpose.cli.app import app
@@ -215,4 +216,4 @@ def bench(
                 f"({model_name}). Fusion: Mertens, preset opencv, {frames} frames. Peak memory: growth of a child "
                 "process's peak RSS during one run (CUDA: max allocated).\n")  # fmt: skip
         atomic_write_bytes(out, ("\n".join(lines) + "\n" + note).encode("utf-8"))
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}", highlight=False)

@@ -7,7 +7,9 @@ is never an input: such a file, or two inputs that would write the same output, 
 
 EXIF (orientation reset, pixels written upright) and the ICC profile are kept; 16-bit files give 16-bit
 outputs unless ``--out-bits 8``. A file that cannot be read or written is reported in one line and the batch
-goes on; the exit code is 2 when any file failed, else 0.
+goes on; the exit code is 2 when any file failed, else 0. Images above ``--max-pixels`` are refused from their
+header. Ctrl-C stops the batch after the files being corrected (each written whole or not at all), says
+``interrupted: N of M done`` and exits with 130.
 
 Estimated exposure (``--json``, :func:`loopexpose.io.estimate_exposure`, as the web demo shows it): on a
 256-pixel thumbnail, ``mean_luma`` is the mean Rec. 601 luma of the sRGB values in ``[0, 1]``, and ``ev`` is
@@ -32,9 +34,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from loopexpose.cli.app import app
+from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import estimate_exposure
 
 FORMATS = ("same", "jpg", "png", "tif")
 SUFFIX = "_loopexpose"
@@ -127,6 +128,8 @@ def plan_outputs(jobs: list[Job], out_dir: Path, format: str) -> None:
 
 def exposure_estimate(pixels) -> dict:
     """``{"mean_luma", "ev"}`` of ``(H, W, 3)`` uint8/uint16/float pixels (:func:`loopexpose.io.estimate_exposure`)."""
+    from loopexpose.io import estimate_exposure
+
     mean_luma, ev = estimate_exposure(pixels)
     return {"mean_luma": mean_luma, "ev": ev}
 
@@ -177,6 +180,7 @@ def correct(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output already exists."),
     workers: int = typer.Option(1, help="Files corrected at once (threads; each photo already uses 2 threads)."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+    max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
     segmenter_weights: Path = typer.Option(
         None, "--segmenter-weights", help="Semantic model: region masks from local FastSAM weights (.pt, read by "
         "ultralytics) instead of its built-in superpixels. Never downloaded.",
@@ -185,9 +189,12 @@ def correct(
     """Correct the exposure of photos at full resolution with a LoopExpose model.
 
     EXIF and ICC profiles are kept and inputs are never overwritten. A file that fails is reported in one line
-    and the others are still processed; the exit code is then 2.
+    and the others are still processed; the exit code is then 2. Ctrl-C: "interrupted: N of M done", exit 130.
     """
+    from loopexpose.io import set_max_pixels
     from loopexpose.models import load, resolve_device
+
+    set_max_pixels(max_pixels)
 
     format = format.lower().lstrip(".")
     format = "jpg" if format == "jpeg" else "tif" if format == "tiff" else format
@@ -231,7 +238,7 @@ def correct(
             counts[status] += 1
             job.result["status"] = status
             if job.error:
-                progress.console.print(f"[bold red]error:[/] {escape(job.error)}", highlight=False, soft_wrap=True)
+                print_error(job.error, progress.console)
 
     def run(job: Job, progress: Progress, task) -> None:
         try:
@@ -255,17 +262,25 @@ def correct(
         finally:
             progress.advance(task)
 
-    with Progress(
-        TextColumn("correcting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("correct", total=len(jobs))
-        if workers == 1:
-            for job in jobs:
-                run(job, progress, task)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(lambda job: run(job, progress, task), jobs))
+    interrupted = False
+    try:
+        with Progress(
+            TextColumn("correcting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("correct", total=len(jobs))
+            if workers == 1:
+                for job in jobs:
+                    run(job, progress, task)
+            else:
+                pool = ThreadPoolExecutor(max_workers=workers)
+                try:
+                    list(pool.map(lambda job: run(job, progress, task), jobs))
+                finally:  # on Ctrl-C: files being corrected finish (written whole), the others never start
+                    pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print_error(f"{sum(counts.values())} of {len(jobs)} done", console, label="interrupted")
 
     line = f"corrected {counts['ok']} file(s) into {out}"
     line += f", skipped {counts['skipped']} existing" if counts["skipped"] else ""
@@ -278,6 +293,8 @@ def correct(
             **counts,
         }
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    if interrupted:
+        raise typer.Exit(130)
     if counts["failed"]:
         raise typer.Exit(2)
 
@@ -286,7 +303,7 @@ def _json_row(job: Job) -> dict:
     row = {
         "input": str(job.source),
         "output": str(job.target) if job.target is not None else None,
-        "status": job.result.get("status", "failed"),
+        "status": job.result.get("status", "not done"),  # not done: Ctrl-C came first
     }
     if job.error:
         row["error"] = job.error

@@ -10,13 +10,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 
 from loopexpose.cli.app import app
-from loopexpose.viz import comparison_sheet
+
+if TYPE_CHECKING:  # numpy, torch and matplotlib are imported when the demo runs, so that --help starts fast
+    import torch
 
 EVS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
@@ -25,6 +27,8 @@ PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 def render_bracket(photo: str = "coffee", evs: tuple[float, ...] = EVS) -> torch.Tensor:
     """``(len(evs), 3, H, W)`` frames in [0, 1]: a scikit-image photo linearised, scaled by ``2**ev``, clipped
     at white and sRGB-encoded again (see :func:`loopexpose.synth.render_exposure`)."""
+    import numpy as np
+    import torch
     from skimage import data
 
     from loopexpose.synth import render_exposure, srgb_to_linear
@@ -47,9 +51,13 @@ def demo(
                                "opencv (1,1,0) or mertens (1,1,1)."),
 ) -> None:
     """Render a bracket from a scikit-image photo, correct every frame, fuse, and write a comparison."""
+    import numpy as np
+    import torch
+
     from loopexpose import fusion
     from loopexpose.io import to_numpy, write_image
     from loopexpose.models import load
+    from loopexpose.viz import comparison_sheet
 
     console = Console()
     frames = render_bracket(photo)

@@ -1,8 +1,16 @@
-"""``loopexpose fuse SCENE... -o OUT``: Mertens exposure fusion of folders of brackets, one output per scene."""
+"""``loopexpose fuse SCENE... -o OUT``: Mertens exposure fusion of folders of brackets, one output per scene.
+
+The same contract as ``loopexpose correct``: a scene that cannot be fused (a missing or empty folder, a bad
+frame, an output that cannot be written: read-only folder, full disk, a folder in the output's place) is reported
+in one line naming it and the problem, and the other scenes go on; a summary line follows, and the exit code is 2
+when any scene failed. Outputs are written to a temporary file and renamed (never half-written, no temporary
+file left), and never overwrite a frame of a scene. Ctrl-C says ``interrupted: N of M done`` and exits with 130.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -10,10 +18,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from loopexpose.cli.app import app
+from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
 from loopexpose.errors import LoopExposeError
 
 FORMATS = ("png", "tif", "jpg")
+
+
+@dataclass
+class SceneJob:
+    """One scene to fuse and where its result goes; ``error`` set when it cannot be fused at all."""
+
+    label: str
+    folder: Path | None = None
+    target: Path | None = None
+    error: str = ""
 
 
 def fuse_scene(
@@ -45,6 +63,9 @@ def fuse_scene(
     from loopexpose.api import fuse as fuse_frames
 
     bracket = io.order_bracket(scene)
+    inputs = {path.resolve() for path in bracket.paths}
+    if target.resolve() in inputs:
+        raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
     frames = io.load_bracket(bracket, max_side=max_side).to(device)
     fused = fuse_frames(frames, model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
     icc = io.read_image(bracket.paths[0]).icc if bracket.paths else None  # frames of a bracket share a profile
@@ -69,15 +90,19 @@ def fuse(
         "(the LoopExpose MEF result: tone from the corrected frames, detail from the inputs).",
     ),
     model: str = typer.Option("default", help="With --correct: bundled model name or a .safetensors checkpoint."),
+    max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
 
     Frames are ordered by loopexpose.io (EXIF, shutter_times.txt, file-name EV tags, else luminance).
 
-    A scene that cannot be fused is reported in one line and skipped; the exit code is then 2.
+    A scene that cannot be fused is reported in one line and the others go on; the exit code is then 2.
+    Ctrl-C: "interrupted: N of M done", exit 130.
     """
     from loopexpose import fusion
-    from loopexpose.io import find_scenes
+    from loopexpose.io import set_max_pixels
+
+    set_max_pixels(max_pixels)
 
     if preset not in fusion.PRESETS:
         raise LoopExposeError(f"--preset must be one of {', '.join(sorted(fusion.PRESETS))}, got {preset!r}")
@@ -88,41 +113,90 @@ def fuse(
         raise LoopExposeError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if out_bits == 16 and format == "jpg":
         raise LoopExposeError("--out-bits 16 needs --format png or tif (JPEG is 8-bit)")
+    if max_side < 0:
+        raise LoopExposeError(f"--max-side must be >= 0, got {max_side}")
+    if out.exists() and not out.is_dir():
+        raise LoopExposeError("output folder is a file", out)
     device = _device(device)
     corrector = None
     if correct:
         from loopexpose.models import load
 
         corrector = load(model, device).correct
-    folders = [scene for path in scenes for scene in find_scenes(path)]
-    _refuse_name_clashes(folders)
+    jobs = plan_scenes(scenes, out, format)
 
     console = Console(stderr=True)
-    failed = written = skipped = 0
-    with Progress(
-        TextColumn("fusing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[scene]}"),
-        console=console, transient=True,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("fuse", total=len(folders), scene="")
-        for folder in folders:
-            progress.update(task, scene=escape(folder.name))
-            target = out / f"{folder.name}.{format}"
-            if target.exists() and not overwrite:
-                skipped += 1
-            else:
-                try:
-                    fuse_scene(
-                        folder, target, preset=preset, bits=out_bits, device=device, max_side=max_side, corrector=corrector
-                    )
-                    written += 1
-                except LoopExposeError as exc:
-                    failed += 1
-                    progress.console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            progress.advance(task)
-    summary = f"fused {written} scene(s) into {out}" + (f", skipped {skipped} existing" if skipped else "")
-    console.print(escape(summary) + (f", [bold red]{failed} failed[/]" if failed else ""), highlight=False)
-    if failed:
+    counts = {"written": 0, "skipped": 0, "failed": 0}
+    try:
+        with Progress(
+            TextColumn("fusing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[scene]}"), console=console, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("fuse", total=len(jobs), scene="")
+            for job in jobs:
+                progress.update(task, scene=escape(job.label))
+                if not job.error and job.target.exists() and not job.target.is_dir() and not overwrite:
+                    counts["skipped"] += 1
+                else:
+                    if not job.error:
+                        try:
+                            fuse_scene(job.folder, job.target, preset=preset, bits=out_bits, device=device,
+                                       max_side=max_side, corrector=corrector)  # fmt: skip
+                        except LoopExposeError as exc:
+                            job.error = str(exc)
+                        except OSError as exc:  # read-only folder, full disk, a folder in the output's place
+                            job.error = f"{job.folder}: cannot write {job.target}: {exc.strerror or exc}"
+                    if job.error:
+                        counts["failed"] += 1
+                        print_error(job.error, progress.console)
+                    else:
+                        counts["written"] += 1
+                progress.advance(task)
+    except KeyboardInterrupt:
+        print_error(f"{sum(counts.values())} of {len(jobs)} done", console, label="interrupted")
+        raise typer.Exit(130) from None
+    finally:
+        summary = f"fused {counts['written']} scene(s) into {out}"
+        summary += f", skipped {counts['skipped']} existing" if counts["skipped"] else ""
+        failed = f", [bold red]{counts['failed']} failed[/]" if counts["failed"] else ""
+        console.print(escape(summary) + failed, highlight=False)
+    if counts["failed"]:
         raise typer.Exit(2)
+
+
+def plan_scenes(paths: list[Path], out: Path, format: str) -> list[SceneJob]:
+    """One job per scene found under ``paths`` (:func:`loopexpose.io.find_scenes`), each with its output
+    ``OUT/<scene name>.<format>``; a path that holds no scene, or a scene whose output another scene already
+    claims, becomes a job with an error (the others go on)."""
+    from loopexpose.io import find_scenes
+
+    jobs: list[SceneJob] = []
+    claimed: dict[Path, Path] = {}
+    seen: set[Path] = set()
+    for path in paths:
+        try:
+            folders = find_scenes(path)
+        except LoopExposeError as exc:
+            jobs.append(SceneJob(label=str(path), error=str(exc)))
+            continue
+        except OSError as exc:  # e.g. a folder that cannot be listed
+            jobs.append(SceneJob(label=str(path), error=f"{path}: {exc.strerror or exc}"))
+            continue
+        for folder in folders:
+            if folder.resolve() in seen:
+                continue
+            seen.add(folder.resolve())
+            target = out / f"{folder.name}.{format}"
+            job = SceneJob(label=folder.name, folder=folder, target=target)
+            if target in claimed:
+                job.error = (f"{folder}: output {target} is also the output of {claimed[target]} (two scenes named "
+                             f"{folder.name!r}); fuse them into different --out folders")  # fmt: skip
+            elif target.is_dir():
+                job.error = f"{folder}: output {target} is a folder"
+            else:
+                claimed[target] = folder
+            jobs.append(job)
+    return jobs
 
 
 def _device(name: str) -> str:
@@ -138,13 +212,3 @@ def _device(name: str) -> str:
         raise LoopExposeError("--device cuda asked for, but torch sees no CUDA device")
     return name
 
-
-def _refuse_name_clashes(folders: list[Path]) -> None:
-    seen: dict[str, Path] = {}
-    for folder in folders:
-        if folder.name in seen and seen[folder.name] != folder:
-            raise LoopExposeError(
-                f"two scenes are named {folder.name!r} ({seen[folder.name]} and {folder}); their outputs would "
-                "clash in OUT/<scene name>: fuse them into different --out folders"
-            )
-        seen[folder.name] = folder

@@ -3,24 +3,26 @@
 Each subcommand writes one scene folder per input under ``OUT`` (a collection the trainer reads through
 ``data.roots``), skips scenes whose sidecar says complete (so an interrupted batch resumes), runs files in a
 process pool, reports each bad file in one line and carries on, and exits 1 at the end if any file failed.
+Ctrl-C lets the scenes being rendered finish, says ``interrupted: N of M done`` and exits with 130 (run the same
+command again to resume).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from loopexpose import synth
-from loopexpose.cli.app import app
+from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import list_images
 
 prepare_app = typer.Typer(
     help="Make training brackets from RAW files, ordinary photos, or the MSEC dataset (see docs/data.md).",
@@ -58,6 +60,8 @@ def _evs(ctx: typer.Context, ev: list[str] | None, preset: str | None) -> list[f
         words.append(word)
     if not words and not preset:
         preset = "msec"
+    from loopexpose import synth
+
     return synth.parse_evs(words, preset)
 
 
@@ -70,6 +74,7 @@ def _noise(noise: bool, full_well: float, read_noise: float) -> dict | None:
 
 
 def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it lets running scenes end
     import torch
 
     torch.set_num_threads(1)  # the pool already uses every worker; more threads per process only contend
@@ -81,32 +86,41 @@ def run_jobs(jobs: list[tuple], worker, workers: int, label: str) -> list[synth.
     console = Console(stderr=True)
     results: list[synth.SceneResult] = []
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(label, total=len(jobs))
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(label, total=len(jobs))
 
-        def record(result: synth.SceneResult) -> None:
-            results.append(result)
-            if result.status == "failed":
-                progress.console.print(f"[bold red]failed:[/] {result.message}", highlight=False, soft_wrap=True)
-            progress.advance(task)
+            def record(result: synth.SceneResult) -> None:
+                results.append(result)
+                if result.status == "failed":
+                    print_error(result.message, progress.console, label="failed")
+                progress.advance(task)
 
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                record(worker(*job))
-        else:
-            context = multiprocessing.get_context("spawn")  # fork after torch threads start can deadlock
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
-                for future in as_completed([pool.submit(worker, *job) for job in jobs]):
-                    record(future.result())
+            if workers <= 1 or len(jobs) <= 1:
+                for job in jobs:
+                    record(worker(*job))
+            else:
+                context = multiprocessing.get_context("spawn")  # fork after torch threads start can deadlock
+                pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker)
+                try:
+                    for future in as_completed([pool.submit(worker, *job) for job in jobs]):
+                        record(future.result())
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        print_error(f"{len(results)} of {len(jobs)} done (run the same command again to resume)", console,
+                    label="interrupted")  # fmt: skip
+        raise typer.Exit(130) from None
     return results
 
 
 def _finish(results: list[synth.SceneResult], out: Path) -> None:
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
     Console(stderr=True).print(
-        f"{counts['done']} scene(s) written, {counts['skipped']} already complete, {counts['failed']} failed -> {out}",
+        escape(f"{counts['done']} scene(s) written, {counts['skipped']} already complete, {counts['failed']} failed "
+               f"-> {out}"),
         highlight=False,
-    )
+    )  # fmt: skip
     if counts["failed"]:
         raise typer.Exit(1)
 
@@ -119,6 +133,8 @@ def _check_workers(workers: int) -> int:
 
 def _render_all(sources: list[Path], out: Path, settings, render, workers: int, label: str) -> None:
     """One scene folder per source under ``out``, rendered by ``render`` in a process pool."""
+    from loopexpose import synth
+
     names = synth.scene_names(sources)
     jobs = [(path, out / names[path], settings) for path in sources]
     _finish(run_jobs(jobs, render, _check_workers(workers), label), out)
@@ -144,6 +160,8 @@ def prepare_raw(
     workers: Workers = _DEFAULT_WORKERS,
 ) -> None:
     """Render exposure brackets from camera RAW files: linear decode, x 2^EV, clip at white, sRGB."""
+    from loopexpose import synth
+
     settings = synth.RenderSettings(
         evs=_evs(ctx, ev, preset),
         curve=curve,
@@ -177,8 +195,13 @@ def prepare_srgb(
     seed: Seed = 0,
     max_side: MaxSide = 0,
     workers: Workers = _DEFAULT_WORKERS,
+    max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
     """Render SYNTHETIC brackets from ordinary sRGB photos: inverse sRGB, x 2^EV, clip, re-encode."""
+    from loopexpose import synth
+    from loopexpose.io import list_images, set_max_pixels
+
+    set_max_pixels(max_pixels)
     if jpeg < 0 or jpeg > 100:
         raise LoopExposeError(f"--jpeg must be a quality 1..100 (or 0 for PNG), got {jpeg}")
     settings = synth.RenderSettings(
@@ -204,6 +227,8 @@ def prepare_msec(
     workers: int = typer.Option(1, "--workers", "-w", help="Parallel processes (file copying is I/O bound)."),
 ) -> None:
     """Regroup MSEC (INPUT_IMAGES/<name>_N1.5.JPG .., GT_IMAGES/) into scene folders with ground truth beside."""
+    from loopexpose import synth
+
     if link not in ("copy", "hardlink", "symlink"):
         raise LoopExposeError(f"--link must be copy, hardlink or symlink, got {link!r}")
     scenes = synth.find_msec_scenes(msec_root)

@@ -1,4 +1,8 @@
-"""``loopexpose scenes PATH...``: the scenes found under some folders, how their frames were ordered, and why."""
+"""``loopexpose scenes PATH...``: the scenes found under some folders, how their frames were ordered, and why.
+
+A path or scene that cannot be read is reported in one line and the others are still listed; the exit code is
+then 2. Reads only file headers and small thumbnails, and never imports torch.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loopexpose.cli.app import app
-from loopexpose.io import find_scenes, order_bracket
+from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
+from loopexpose.errors import LoopExposeError
 
 _RULE_HELP = {
     "exif": "EXIF exposure time x ISO / f-number^2",
@@ -25,24 +30,48 @@ _RULE_HELP = {
 def scenes(
     paths: list[Path] = typer.Argument(..., help="Scene folders, collections, or folders of collections."),
     files: bool = typer.Option(False, "--files", "-f", help="Also list each scene's files, darkest first."),
+    max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
     """List the exposure brackets found: frames, the rule that ordered them, and their EVs or mean lumas.
 
     Order rules, first that applies: exif (exposure time x ISO / f-number^2), shutter_times (sidecar file),
     filename (EV tags such as _N1 _0 _P1, under/normal/over, m2/zero/p2, EV-2..EV+2), luminance.
+    A scene that cannot be read is reported in one line and the others are listed; the exit code is then 2.
     """
-    folders = [scene for path in paths for scene in find_scenes(path)]
+    from loopexpose.io import find_scenes, order_bracket, set_max_pixels
+
+    set_max_pixels(max_pixels)
+    errors = Console(stderr=True)
+    failed = 0
+    folders = []
+    for path in paths:
+        try:
+            folders.extend(find_scenes(path))
+        except LoopExposeError as exc:
+            failed += 1
+            print_error(exc, errors)
     console = Console()
     brackets = []
     with Progress(
         TextColumn("ordering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True, disable=len(folders) < 8,
+        console=errors, transient=True, disable=len(folders) < 8,
     ) as progress:  # fmt: skip
         task = progress.add_task("ordering", total=len(folders))
         for folder in folders:
-            brackets.append(order_bracket(folder))
+            try:
+                brackets.append(order_bracket(folder))
+            except LoopExposeError as exc:
+                failed += 1
+                print_error(exc, progress.console)
             progress.advance(task)
+    if brackets:
+        _print_table(console, brackets, files)
+    if failed:
+        raise typer.Exit(2)
 
+
+def _print_table(console: Console, brackets: list, files: bool) -> None:
+    """The scenes table and the rules legend (every user-controlled string escaped)."""
     table = Table(title=f"{len(brackets)} scene(s), {sum(len(b) for b in brackets)} frames", title_justify="left")
     table.add_column("scene", overflow="fold")
     table.add_column("frames", justify="right")
@@ -56,10 +85,10 @@ def scenes(
             values = "EV " + " ".join(_stops(ev) for ev in bracket.evs)
         else:
             values = "luma " + " ".join(f"{value * 255:.0f}" for value in bracket.mean_luma)
-        rule = bracket.rule + (f" [yellow]({bracket.note})[/]" if bracket.note else "")
+        rule = escape(bracket.rule) + (f" [yellow]({escape(bracket.note)})[/]" if bracket.note else "")
         row = [_label(bracket.scene), str(len(bracket)), rule, values, str(bracket.reference_index())]
         if files:
-            row.append(", ".join(p.name for p in bracket.paths))
+            row.append(escape(", ".join(p.name for p in bracket.paths)))
         table.add_row(*row)
     console.print(table, highlight=False)
     console.print("rules: " + "; ".join(f"[bold]{k}[/] = {v}" for k, v in _RULE_HELP.items()), highlight=False)
@@ -73,6 +102,4 @@ def _stops(ev: float) -> str:
 
 def _label(scene: Path) -> str:
     """``collection/scene`` with rich markup escaped (scene names may contain brackets)."""
-    from rich.markup import escape
-
     return escape(f"{scene.parent.name}/{scene.name}")

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import signal
+import socket
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from loopexpose.cli.app import app
+from loopexpose.errors import LoopExposeError
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port that is out of range or already in use on ``host`` (Gradio would otherwise
+    print a traceback advising an environment variable instead of ``--port``)."""
+    if not 1 <= port <= 65535:
+        raise LoopExposeError(f"--port must be 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise LoopExposeError(f"--host {host!r} is not an address of this machine ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LoopExposeError(f"port {port} on {host} is in use; choose another with --port") from None
+            raise LoopExposeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); try --host or --port") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -38,15 +61,21 @@ def serve(
 
     console = Console()
     resolve_device(device)  # a clear error now rather than on the first request
+    check_port(host, port)
     limits = Limits(max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, max_frames=max_frames)
     demo = WebDemo(models={name: None for name in model} if model else None, limits=limits, device=device)
     if not _is_loopback(host):
-        console.print(f"[yellow]warning:[/] binding to {host}: anyone who can reach this machine can use the demo")
-    console.print(f"LoopExpose demo on http://{'127.0.0.1' if host == 'localhost' else host}:{port} (Ctrl+C stops it)")
+        console.print(f"[yellow]warning:[/] binding to {escape(host)}: anyone who can reach this machine can use the "
+                      "demo", highlight=False)  # fmt: skip
+    url = f"http://{'127.0.0.1' if host == 'localhost' else host}:{port}"
+    console.print(f"LoopExpose demo on {escape(url)} (Ctrl+C stops it)", highlight=False)
     # SIGTERM (a service manager, ``kill``) stops the server like Ctrl+C does, so the private folder is removed.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         launch(demo, host=host, port=port, block=True)
+    except OSError as exc:  # the port was taken between the check and the launch
+        # (Gradio's message advises GRADIO_SERVER_PORT; ours is --port)
+        raise LoopExposeError(f"port {port} on {host} is in use or cannot be bound; choose another with --port") from None
     finally:
         demo.close()
 
