@@ -310,3 +310,35 @@ def test_msec_regrouping_into_scene_folders(tmp_path):
 def test_msec_rejects_a_folder_without_inputs(tmp_path):
     with pytest.raises(LoopExposeError, match="INPUT_IMAGES"):
         synth.find_msec_scenes(tmp_path)
+
+
+def test_reference_brackets_for_training(tmp_path):
+    """The trainer's synthetic brackets: each scene's reference frame (nearest mid-grey) rendered at the EVs,
+    exact exposure steps, kept on a second call."""
+    import cv2
+
+    from conftest import synthetic_bracket
+    from loopexpose.io import order_bracket, read_image, write_image
+
+    scenes = []
+    for index in range(2):
+        scene = tmp_path / "real" / f"scene {index}"
+        scene.mkdir(parents=True)
+        for ev, frame in zip((-2, 0, 2), synthetic_bracket(3, 40, 60, seed=index)):
+            write_image(scene / f"f_{'N' if ev < 0 else 'P'}{abs(ev)}.png", frame.permute(1, 2, 0).numpy())
+        scenes.append(order_bracket(scene))
+    folder = synth.render_reference_brackets(scenes, tmp_path / "synthetic", [-1, 0, 1], max_side=32)
+    made = sorted(p.name for p in folder.iterdir())
+    assert made == ["real_scene_0", "real_scene_1"]
+    frames = sorted((folder / "real_scene_0").glob("*.png"))
+    assert len(frames) == 3
+    source = read_image(tmp_path / "synthetic/sources/real_scene_0.png").pixels
+    reference = read_image(scenes[0].paths[scenes[0].reference_index()]).pixels
+    assert max(source.shape[:2]) == 32  # resized with the area filter
+    expected = cv2.resize((reference * 255 + 0.5).astype("uint8"), None, fx=32 / 60, fy=32 / 60, interpolation=cv2.INTER_AREA)
+    assert abs(source * 255 - expected).max() < 0.5
+    lumas = [read_image(p).pixels.mean() for p in sorted(frames, key=lambda p: order_bracket(p.parent).paths.index(p))]
+    assert lumas == sorted(lumas) and lumas[0] < lumas[1] < lumas[2]
+    stamp = (folder / "real_scene_0" / frames[0].name).stat().st_mtime_ns
+    synth.render_reference_brackets(scenes, tmp_path / "synthetic", [-1, 0, 1], max_side=32)  # nothing to do
+    assert (folder / "real_scene_0" / frames[0].name).stat().st_mtime_ns == stamp

@@ -89,6 +89,13 @@ def teardown(context: Context) -> None:
         dist.destroy_process_group()
 
 
+def barrier(context: Context) -> None:
+    """Wait until every rank gets here (no-op in one process), e.g. while rank 0 writes files they all read."""
+    if context.distributed:
+        cuda = context.device.type == "cuda"
+        dist.barrier(device_ids=[context.device.index] if cuda else None)
+
+
 def wrap(model: torch.nn.Module, context: Context) -> torch.nn.Module:
     """``model`` in DistributedDataParallel when there are several ranks, else ``model`` itself.
 

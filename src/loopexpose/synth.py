@@ -531,6 +531,42 @@ def prepare_srgb_scene(
     return SceneResult(str(source), str(scene_dir), "done")
 
 
+#: Sensor noise of the synthetic brackets the trainer renders (``prepare srgb --noise``'s defaults).
+SYNTHETIC_NOISE = {"full_well": 2000.0, "read_noise": 3.0}
+
+
+def render_reference_brackets(brackets, folder: str | os.PathLike, evs: list[float], max_side: int = 512) -> Path:
+    """Synthetic brackets for training: each bracket's reference frame (the one nearest mid-grey) rendered at
+    ``evs`` by :func:`prepare_srgb_scene` (inverse sRGB, x 2^EV, sensor noise, clip, sRGB).
+
+    Real brackets teach the network real cameras' responses; these add exposures whose relation to each other is
+    exact, one per training scene (never a validation scene: pass the training brackets only). Sources are
+    written to ``folder/sources`` as PNG (long side at most ``max_side``, OpenCV's area filter), scenes to
+    ``folder/synth`` (a collection, scene keys ``synth/<collection>_<scene>``); finished scenes are kept, so a
+    resumed run renders nothing again.
+
+    Returns:
+        The collection folder ``folder/synth``.
+    """
+    folder = Path(folder)
+    sources, scenes = folder / "sources", folder / "synth"
+    sources.mkdir(parents=True, exist_ok=True)
+    settings = RenderSettings(evs=sorted(float(e) for e in evs), noise=dict(SYNTHETIC_NOISE))
+    for bracket in brackets:
+        name = re.sub(r"[^A-Za-z0-9]+", "_", f"{bracket.collection}/{bracket.name}")
+        source = sources / f"{name}.png"
+        if not source.is_file():
+            pixels = (read_image(bracket.paths[bracket.reference_index()]).pixels * 255 + 0.5).astype(np.uint8)
+            scale = max_side / max(pixels.shape[:2])
+            if scale < 1:  # resized as 8-bit, as the shared brackets are
+                pixels = cv2.resize(pixels, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            write_image(source, pixels)
+        result = prepare_srgb_scene(source, scenes / name, settings)
+        if result.status == "failed":
+            raise LoopExposeError(f"could not render a synthetic bracket: {result.message}", source)
+    return scenes
+
+
 def scene_names(paths: list[Path]) -> dict[Path, str]:
     """A scene-folder name per input file: its stem, or ``stem_ext`` where two inputs share a stem."""
     stems: dict[str, int] = {}

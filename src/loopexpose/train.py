@@ -33,9 +33,11 @@ from safetensors.torch import load_file, save
 
 from torch.utils.data import DataLoader
 
-from loopexpose import distributed, fusion
+from loopexpose import distributed, fusion, synth
 from loopexpose.errors import LoopExposeError
-from loopexpose.data import BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, split_scenes
+from loopexpose.data import (
+    BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, scene_key, split_scenes,
+)  # fmt: skip
 from loopexpose.evaluate import WINDOW, select_window
 from loopexpose.io import atomic_write_bytes
 from loopexpose.metrics import highlight_chroma_added, psnr
@@ -56,6 +58,7 @@ DEFAULTS: dict = {
         "val_fraction": 0.1,
         "val_scenes": [],
         "val_max_side": 384,
+        "synthetic_evs": [],
     },
     "model": {"arch": "curvegrid", "config": {}},
     "train": {
@@ -237,6 +240,14 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     # --- data: every bracket decoded once, resized, kept in memory as uint8
     brackets = scan_brackets(resolve_roots(dcfg["roots"]), min_frames=2)
     train_brackets, val_brackets = split_scenes(brackets, dcfg["val_fraction"], dcfg["val_scenes"] or None)
+    if dcfg["synthetic_evs"]:  # one more bracket per training scene, rendered from its reference frame
+        folder = out / "synthetic"
+        if ctx.is_main:
+            synth.render_reference_brackets(train_brackets, folder, dcfg["synthetic_evs"])
+        distributed.barrier(ctx)
+        synthetic = scan_brackets(folder / "synth", min_frames=2)
+        train_brackets = sorted(train_brackets + synthetic, key=scene_key)
+        console.print(f"synthetic: {len(synthetic)} brackets at EV {dcfg['synthetic_evs']} in {folder}")
     dataset = BracketDataset(
         train_brackets,
         k_range=tuple(dcfg["window"]),
