@@ -236,10 +236,10 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         around_reference=True,
         crop_scale=tuple(dcfg["crop_scale"]),
     )
-    dataset.preload()
     # global batches of equal k, the same on every rank (seeded by (seed, epoch)); each rank takes its slice
     sampler = BucketBatchSampler(dataset, tcfg["brackets_per_step"], shuffle=True, drop_last=True)
     _check_every_epoch_has_a_step(sampler, tcfg, len(train_brackets))
+    dataset.preload()
     shard = distributed.ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
     workers = ccfg["workers"] if cuda else 0  # workers fork after preload() and share the decoded frames
     loader = DataLoader(
