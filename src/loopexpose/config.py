@@ -100,7 +100,7 @@ def check_train_config(config: dict, path: object | None = None, out_dir: str | 
     if train["warmup_epochs"] + train["feedback_epochs"] < 1:
         _fail("train", "warmup_epochs + feedback_epochs must be at least 1 (nothing to train, no checkpoint)", path)
     _, config_class = ARCHITECTURES[config["model"]["arch"]]
-    config["model"]["config"] = check_dataclass(config["model"]["config"], config_class, "model.config", path)
+    config["model"]["config"] = check_dataclass(config["model"].get("config"), config_class, "model.config", path)
     out = Path(out_dir if out_dir is not None else config["out_dir"])
     for folder in (out, *out.parents):
         if folder.exists() and not folder.is_dir():
@@ -158,7 +158,10 @@ def check_config(
 
 
 def type_of(default) -> Any:
-    """The type a default stands for: ``2e-3`` -> ``float``, ``["a"]`` -> ``list[str]``, ``[]`` -> ``list``."""
+    """The type a default stands for: ``2e-3`` -> ``float``, ``["a"]`` -> ``list[str]``, ``[]`` -> ``list``,
+    ``None`` -> ``object`` (any value; a :class:`Rule` may type it)."""
+    if default is None:
+        return object
     if isinstance(default, (list, tuple)):
         return list[type_of(default[0])] if default else list
     if isinstance(default, dict):
