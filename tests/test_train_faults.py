@@ -180,12 +180,14 @@ def test_sigkill_of_a_real_process_resumes_to_the_same_weights(brackets, tmp_pat
     for _ in range(2):
         before = _committed_epoch(tmp_path / "killed")
         process = subprocess.Popen([sys.executable, "-c", script, str(config_file)])
-        deadline = time.monotonic() + 120
-        while process.poll() is None and _committed_epoch(tmp_path / "killed") == before:
-            assert time.monotonic() < deadline, "no epoch committed in 2 minutes"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.4))
-        process.send_signal(signal.SIGKILL)
+        try:
+            deadline = time.monotonic() + 600  # a busy shared CPU can make a tiny epoch slow
+            while process.poll() is None and _committed_epoch(tmp_path / "killed") == before:
+                assert time.monotonic() < deadline, "no epoch committed in 10 minutes"
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.4))
+        finally:
+            process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert subprocess.run([sys.executable, "-c", script, str(config_file)], timeout=300).returncode == 0
     _assert_same_run(tmp_path / "straight", tmp_path / "killed")

@@ -17,6 +17,7 @@ loopexpose.errors.LoopExposeError: config key lr must be a number, got the strin
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from pathlib import Path
@@ -205,8 +206,8 @@ def _typed(name: str, value, expected, path):
         return list(value)
     if expected in (int, float) and isinstance(value, bool) or not isinstance(value, expected):
         _fail(name, f"must be {TYPE_WORDS.get(expected, expected.__name__)}, got {_describe(value)}", path)
-    if expected is float and value != value:
-        _fail(name, "must be a number, got nan", path)
+    if expected is float and not math.isfinite(value):
+        _fail(name, f"must be a finite number, got {value}", path)
     return list(value) if expected is list else value
 
 
