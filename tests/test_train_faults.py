@@ -2,7 +2,7 @@
 ends with the same weights, bit for bit, as one never interrupted; and bad configs fail before any data is read,
 in one line naming the key.
 
-The runs are tiny (7 synthetic 3-frame brackets of 48 x 64, a 2k-parameter CurveGrid, 3 epochs of 2-3 steps).
+The runs are tiny (7 synthetic 3-frame brackets of 48 x 64, a 3 k-parameter CurveGrid, 3 epochs of 2-3 steps).
 A kill is a ``BaseException`` raised from inside the trainer at the N-th *event*: a training step (the
 pseudo-label of a batch), or a file commit (``os.replace``), raised just before it (the temp file is written
 but not renamed) or just after it (the file is in place but what follows is not).
