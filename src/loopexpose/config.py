@@ -5,7 +5,9 @@ its schema: every key has its default's type (a bool key takes true/false, an in
 any number, a string key strings, a list key a list of its default's element type, a table a table), so a key
 added to the defaults is checked with no other edit. A key whose values need more than a type (choices, a
 range, the element type of an empty list) adds a :class:`Rule` to the trainer's rules; checks across keys
-(a schedule of at least one epoch, ``window = [lo, hi]`` in order, ...) follow the per-key ones.
+(a schedule of at least one epoch, ``window = [lo, hi]`` in order, ...) follow the per-key ones. So write a
+default in the type its values take: ``1.0``, not ``1``, for a weight that may be ``0.5``; a default of ``None``
+takes any value.
 
 Every problem is one :class:`~loopexpose.errors.LoopExposeError` line naming the key:
 
