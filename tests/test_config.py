@@ -155,7 +155,7 @@ def test_semantic_config_refuses_wrong_types():
         ({"model": {"arch": "unet"}}, "unknown architecture 'unet'"),
         ({"model": {"arch": "curvegrid", "config": [16]}}, "settings must be a table"),
         ({"model": {"arch": "curvegrid", "config": {"thumb": "128"}}}, "model.config.thumb must be an integer"),
-        ({"model": {"arch": "curvegrid", "config": {"thumb": 64}}}, "weights do not fit curvegrid"),
+        ({"model": {"arch": "curvegrid", "config": {"thumb": 32, "width": 4}}}, "weights do not fit curvegrid"),
     ],
 )
 def test_bad_checkpoint_metadata_is_one_line(tmp_path, metadata, message):

@@ -62,6 +62,16 @@ def load_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     return info
 
 
+def read_info(out: Path) -> dict | None:
+    """The committed state's ``info`` (epoch, best score, best epoch, log rows) without its tensors; ``None``
+    when there is none or it is unreadable."""
+    try:
+        with safe_open(str(Path(out) / STATE_FILE), "pt", device="cpu") as handle:
+            return json.loads((handle.metadata() or {})["loopexpose_state"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
 def load_optimizer(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor], device) -> None:
     """Load ``{"INDEX.NAME": tensor}`` optimizer state (``step`` stays on the CPU, as torch keeps it)."""
     state = optimizer.state_dict()

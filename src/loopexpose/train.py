@@ -341,7 +341,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         row["steps"] = step + 1
         row["seconds"] = round(time.time() - started, 1)
         history.append(row)
-        score = _score(row)
+        score = row.get("val_psnr_ref", -row["loss"])
         is_best = score > best
         best = max(best, score)
         if ctx.is_main:
@@ -359,13 +359,10 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     return out / "best.safetensors"
 
 
-def _score(row: dict) -> float:
-    return row.get("val_psnr_ref", -row["loss"])
-
-
 def _save(out: Path, model, optimizer, config: dict, row: dict, history: list[dict], best: float, is_best: bool) -> None:
     """Commit the epoch's state (:mod:`loopexpose.runstate`: one atomic rename), then write the run's outputs."""
-    best_epoch = next((r["epoch"] for r in history if _score(r) == best), 0)
+    previous = runstate.read_info(out) if not is_best else None
+    best_epoch = row["epoch"] if is_best else (previous or {}).get("best_epoch", 0)
     info = {"epoch": row["epoch"], "best_score": best, "best_epoch": best_epoch, "history": history}
     runstate.save_state(out, model, optimizer, info)
     _write_outputs(out, model, config, history, best, write_best=is_best)
