@@ -101,7 +101,7 @@ def test_training_with_the_perceptual_term(data_root, tmp_path):
     save_file({k: v.abs().contiguous() for k, v in model.state_dict().items()}, str(weights))
     config = load_config(None, {
         "out_dir": str(tmp_path / "run"),
-        "data": {"roots": [str(data_root / "brackets/merianos2016")], "max_side": 64, "crop": 32,
+        "data": {"roots": [str(data_root / "brackets/merianos2016")], "max_side": 64, "crop": 32, "synthetic_evs": [],
                  "val_scenes": ["merianos2016/Flowers"], "val_max_side": 64},
         "train": {"warmup_epochs": 1, "feedback_epochs": 0, "brackets_per_step": 2},
         "loss": {"perceptual": 0.5, "perceptual_weights": str(weights)},

@@ -59,6 +59,8 @@ def test_short_training_run_lowers_validation_error(data_root, tmp_path):
     best = run(load_config(None, overrides), quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["warmup", "warmup", "feedback", "feedback"]
+    # one synthetic bracket per training scene, rendered from its reference frame (26 = 29 scenes - 3 held back)
+    assert len([p for p in (tmp_path / "run/synthetic/synth").iterdir() if p.is_dir()]) == 26
     # against the untrained network (its exposure prior alone)
     from loopexpose.data import ValidationSet, scan_brackets, split_scenes
     from loopexpose.train import Validation
@@ -80,7 +82,7 @@ def test_resume_continues_to_the_same_weights(data_root, tmp_path):
     def config(epochs: int, out: str) -> dict:
         return load_config(None, {
             "out_dir": str(tmp_path / out),
-            "data": {"roots": [str(data_root / "brackets/merianos2016")], "max_side": 96, "crop": 64,
+            "data": {"roots": [str(data_root / "brackets/merianos2016")], "max_side": 96, "crop": 64, "synthetic_evs": [],
                      "val_scenes": ["merianos2016/Flowers"], "val_max_side": 96},
             "train": {"warmup_epochs": 1, "feedback_epochs": epochs - 1, "brackets_per_step": 2},
         })  # fmt: skip

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from loopexpose.errors import LoopExposeError
+from loopexpose.inputs import Given, as_frame_pixels, as_pixels, restore
 
 
 def fuse(
@@ -35,9 +37,10 @@ def fuse(
 
     Args:
         frames: one bracket, as any of
-            - a tensor ``(N, 3, H, W)`` (or a batch ``(B, N, 3, H, W)``) in ``[0, 1]``;
-            - a sequence of numpy arrays ``(H, W, 3)`` (uint8, uint16 or float in ``[0, 1]``), or of PIL images,
-              all of one size, in any order of exposure (fusion does not depend on the order);
+            - a tensor ``(N, 3, H, W)`` (or a batch ``(B, N, 3, H, W)``), float in ``[0, 1]`` or uint8;
+            - a sequence of numpy arrays ``(H, W, 3)`` (uint8, uint16 or float in ``[0, 1]``), or of PIL images
+              (8-bit modes, 16-bit grey ``I;16``), all of one size and one dtype, in any order of exposure
+              (fusion does not depend on the order); :mod:`loopexpose.inputs` has the whole contract;
             - a scene folder, or a sequence of image file paths of one scene (read with
               :func:`loopexpose.io.load_bracket`, ordered darkest first).
         model: ``None`` (no correction), a model from :func:`loopexpose.load`, a bundled model name or a
@@ -50,18 +53,20 @@ def fuse(
 
     Returns:
         The fused image clipped to ``[0, 1]``, of the kind given: a tensor ``(3, H, W)`` (``(B, 3, H, W)`` for a
-        batch) for tensors; an ``(H, W, 3)`` array of the frames' dtype for arrays; a PIL RGB image for PIL
-        images; an ``(H, W, 3)`` float32 array in ``[0, 1]`` for files and folders (ready for
+        batch) of the frames' dtype for tensors; an ``(H, W, 3)`` array of the frames' dtype for arrays; a PIL
+        image of the frames' mode for PIL images (``RGB`` for ``RGBA`` and other colour modes, ``L`` for ``LA``:
+        a fusion has no alpha); an ``(H, W, 3)`` float32 array in ``[0, 1]`` for files and folders (ready for
         :func:`loopexpose.io.write_image`).
 
     Raises:
-        LoopExposeError: unreadable files, frames of different sizes, an unknown model or preset.
+        LoopExposeError: unreadable files, frames of different sizes or mixed dtypes, frames outside the input
+            contract (int64 arrays, floats in 0..255, NaN, ...), an unknown model or preset.
     """
     from loopexpose import fusion, io
 
     if preset not in fusion.PRESETS:
         raise LoopExposeError(f"unknown fusion preset {preset!r} (choose one of {', '.join(sorted(fusion.PRESETS))})")
-    kind, tensor = _as_bracket(frames)
+    kind, tensor, given = _as_bracket(frames)
     if isinstance(model, (str, os.PathLike)):
         from loopexpose.models import load
 
@@ -79,21 +84,9 @@ def fuse(
         else:
             fused = fusion.loop_fuse(tensor, fusion.correct_frames(tensor, corrector)).clamp_(0, 1)
     if kind == "tensor":
-        return fused.to(frames.dtype) if frames.is_floating_point() else fused
+        return restore(fused, given)
     pixels = io.to_numpy(fused)
-    if kind == "files":
-        return pixels
-    dtype = np.dtype(np.uint8) if kind == "pil" else np.asarray(frames[0]).dtype
-    if dtype in (np.uint8, np.uint16):
-        top = 255 if dtype == np.uint8 else 65535
-        pixels = (pixels * np.float32(top) + np.float32(0.5)).astype(dtype)
-    else:
-        pixels = pixels.astype(dtype)
-    if kind == "pil":
-        from PIL import Image
-
-        return Image.fromarray(pixels, mode="RGB")
-    return pixels
+    return pixels if kind == "files" else restore(pixels, given)
 
 
 def _corrector(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -115,37 +108,30 @@ def _corrector(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
     )
 
 
-def _as_bracket(frames) -> tuple[str, torch.Tensor]:
-    """``(kind, (N, 3, H, W) float32 tensor in [0, 1])`` from any input :func:`fuse` accepts."""
+def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None]:
+    """``(kind, (N, 3, H, W) float tensor in [0, 1], given)`` from any input :func:`fuse` accepts; ``given``
+    (:mod:`loopexpose.inputs`) says how to hand the result back (``None`` for files)."""
     from loopexpose import io
 
     if isinstance(frames, torch.Tensor):
         if frames.ndim not in (4, 5) or frames.shape[-3] != 3:
             raise LoopExposeError(f"expected frames shaped (N, 3, H, W) or (B, N, 3, H, W), got {tuple(frames.shape)}")
-        return "tensor", frames if frames.is_floating_point() else frames.float()
+        tensor, given = as_pixels(frames, "fuse")
+        return "tensor", tensor, given
     if isinstance(frames, (str, os.PathLike)):
-        return "files", io.load_bracket(Path(frames))
-    if not isinstance(frames, Sequence) or isinstance(frames, (bytes, np.ndarray)) or len(frames) == 0:
+        return "files", io.load_bracket(Path(frames)), None
+    if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes, np.ndarray)) or len(frames) == 0:
         raise LoopExposeError(
             "frames must be a tensor (N, 3, H, W), a list of arrays, PIL images or files, or a scene folder"
         )
     first = frames[0]
     if isinstance(first, (str, os.PathLike)):
         paths = [Path(p) for p in frames]
-        return "files", io.load_bracket(io.order_bracket(paths[0].parent, paths))
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a core dependency
-        Image = None
-    if Image is not None and isinstance(first, Image.Image):
-        arrays = [np.asarray(frame.convert("RGB")) for frame in frames]
-        kind = "pil"
-    else:
-        arrays = [np.asarray(frame) for frame in frames]
-        kind = "numpy"
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1 or arrays[0].ndim != 3 or arrays[0].shape[2] != 3:
-        raise LoopExposeError(f"frames must all be (H, W, 3) arrays of one size, got shapes {sorted(shapes)}")
+        return "files", io.load_bracket(io.order_bracket(paths[0].parent, paths)), None
+    arrays, given = as_frame_pixels(frames, "fuse")
+    if given.kind == "pil":  # a fused image has no alpha: RGBA frames give RGB, LA frames L
+        given = replace(given, alpha=None)
     scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(arrays[0].dtype, 1.0)
     stack = np.stack(arrays).astype(np.float32) * np.float32(scale)
-    return kind, torch.from_numpy(np.clip(stack, 0, 1).transpose(0, 3, 1, 2).copy())
+    kind = "pil" if given.kind == "pil" else "numpy"
+    return kind, torch.from_numpy(np.clip(stack, 0, 1).transpose(0, 3, 1, 2).copy()), given

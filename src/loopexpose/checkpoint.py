@@ -57,6 +57,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         metadata = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoopExposeError(f"checkpoint metadata is not valid JSON ({exc})", meta_file) from None
+    if not isinstance(metadata, dict):
+        raise LoopExposeError(f"checkpoint metadata must be a JSON object, got a {type(metadata).__name__}", meta_file)
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from torch.utils.data import DataLoader
 
-from loopexpose import distributed, fusion, synth
+from loopexpose import distributed, fusion, runstate, synth
+from loopexpose.config import check_train_config
 from loopexpose.errors import LoopExposeError
 from loopexpose.data import (
     BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, scene_key, split_scenes,
@@ -58,7 +59,7 @@ DEFAULTS: dict = {
         "val_fraction": 0.1,
         "val_scenes": [],
         "val_max_side": 384,
-        "synthetic_evs": [],
+        "synthetic_evs": [-2.0, -1.0, 0.0, 1.0, 2.0],
     },
     "model": {"arch": "curvegrid", "config": {}},
     "train": {
@@ -88,7 +89,8 @@ DEFAULTS: dict = {
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
-    """Read a TOML config over :data:`DEFAULTS`; unknown keys are an error (typos must not pass silently).
+    """Read a TOML config over :data:`DEFAULTS` and check it whole (:func:`loopexpose.config.check_train_config`:
+    unknown keys, types, ranges, choices), so a bad config fails before any data is read.
 
     A config with ``method = "semantic"`` is returned as written: the semantic trainer applies its own defaults
     and checks (``loopexpose.semantics.train.merged_config``).
@@ -108,7 +110,7 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
     _merge(config, user, path, "")
     if overrides:
         _merge(config, overrides, path, "")
-    return config
+    return check_train_config(config, path)
 
 
 def _merge(base: dict, user: dict, path, prefix: str) -> None:
@@ -225,6 +227,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise LoopExposeError("the semantic trainer runs in one process; start it without torchrun")
         return run_semantic(config, device=device, resume=resume, out_dir=Path(out_dir or config["out_dir"]))
+    config = check_train_config(config, out_dir=out_dir)  # the whole config, before any data is read
     dcfg, tcfg, lcfg, fcfg = config["data"], config["train"], config["loss"], config["fusion"]
     ccfg = config.get("cuda", DEFAULTS["cuda"])  # speed settings, used on CUDA only
     ctx = distributed.setup(device)  # under torchrun: join the process group, one device per rank
@@ -234,8 +237,6 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config["seed"])  # the same initial weights on every rank
-    if fcfg["preset"] not in fusion.PRESETS:
-        raise LoopExposeError(f"unknown fusion preset {fcfg['preset']!r} (known: {', '.join(fusion.PRESETS)})")
 
     # --- data: every bracket decoded once, resized, kept in memory as uint8
     brackets = scan_brackets(resolve_roots(dcfg["roots"]), min_frames=2)
@@ -257,9 +258,10 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         around_reference=True,
         crop_scale=tuple(dcfg["crop_scale"]),
     )
-    dataset.preload()
     # global batches of equal k, the same on every rank (seeded by (seed, epoch)); each rank takes its slice
     sampler = BucketBatchSampler(dataset, tcfg["brackets_per_step"], shuffle=True, drop_last=True)
+    _check_every_epoch_has_a_step(sampler, tcfg, len(train_brackets))
+    dataset.preload()
     shard = distributed.ShardedBatchSampler(sampler, ctx.rank, ctx.world_size)
     workers = ccfg["workers"] if cuda else 0  # workers fork after preload() and share the decoded frames
     loader = DataLoader(
@@ -290,9 +292,9 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
     steps_per_epoch = len(sampler)  # about len(train) / brackets_per_step; varies slightly with the k buckets
     total_steps = epochs * steps_per_epoch
     start_epoch, best, history = 0, -math.inf, []
-    if resume and (out / "last.safetensors").is_file():
-        start_epoch, best, history = _resume(out, model, optimizer, device)
-        console.print(f"resumed from {out / 'last.safetensors'} at epoch {start_epoch}")
+    if resume:
+        start_epoch, best, history, note = _resume(out, model, optimizer, device, config, ctx.is_main)
+        console.print(note)
     distributed.assert_same_start(start_epoch, ctx, out)  # a multi-node resume needs out/ on shared storage
     console.print(f"model: {model.arch}, {sum(p.numel() for p in model.parameters()):,} parameters; {epochs} epochs x {steps_per_epoch} steps on {device}")
     # CUDA speed: mixed precision for the network (bf16, or fp16 with loss scaling), TF32, optional compile
@@ -302,11 +304,12 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     net = torch.compile(model) if cuda and ccfg["compile"] else model
     net = distributed.wrap(net, ctx)  # DDP with several ranks: averages gradients in backward()
-    torch.manual_seed(config["seed"] + ctx.rank)  # per-rank stream for any randomness inside a step
 
     started = time.time()
     for epoch in range(start_epoch, epochs):
         feedback = epoch >= tcfg["warmup_epochs"]  # the nested loop: warm-up, then self-reinforcing feedback
+        # per-rank, per-epoch stream for any randomness inside a step: a resumed epoch draws what it drew before
+        torch.manual_seed(int(np.random.SeedSequence([config["seed"], ctx.rank, epoch]).generate_state(1)[0]))
         sampler.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         model.train()
@@ -381,33 +384,90 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
 
 
 def _save(out: Path, model, optimizer, config: dict, row: dict, history: list[dict], best: float, is_best: bool) -> None:
+    """Commit the epoch's state (:mod:`loopexpose.runstate`: one atomic rename), then write the run's outputs."""
+    previous = runstate.read_info(out) if not is_best else None
+    best_epoch = row["epoch"] if is_best else (previous or {}).get("best_epoch", 0)
+    info = {"epoch": row["epoch"], "best_score": best, "best_epoch": best_epoch, "history": history}
+    runstate.save_state(out, model, optimizer, info)
+    _write_outputs(out, model, config, history, best, write_best=is_best)
+
+
+def _write_outputs(out: Path, model, config: dict, history: list[dict], best: float, write_best: bool) -> None:
+    """``last`` (and ``best``) checkpoints and ``log.jsonl``/``log.csv``: what a run shows, all derived from the
+    committed state, so a resume rewrites whatever a kill left unwritten."""
+    row = history[-1]
     meta = {"epoch": row["epoch"], "metrics": row, "train_config": config, "best_score": best}
     save_model(model, out / "last.safetensors", **meta)
-    if is_best:
+    if write_best:
         save_model(model, out / "best.safetensors", **meta)
-    atomic_write_bytes(out / "optimizer.safetensors", save(_flatten_optimizer(optimizer)))
     atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
     keys = list(dict.fromkeys(k for r in history for k in r))
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in history]
     atomic_write_bytes(out / "log.csv", ("\n".join(lines) + "\n").encode())
 
 
-def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    state = optimizer.state_dict()["state"]
-    return {f"{i}.{name}": torch.as_tensor(v).detach().cpu() for i, s in state.items() for name, v in s.items()}
+def _resume(out: Path, model, optimizer, device, config: dict, is_main: bool) -> tuple[int, float, list[dict], str]:
+    """``(epoch, best score, log rows, what was done)`` from the run folder's committed state.
+
+    Whatever instant the last run died at, the state file is whole (the previous epoch's or the last one's):
+    outputs it had not yet written are rewritten from it, temp files it left are removed. Without a state file
+    a run from before it (``last.safetensors`` + ``optimizer.safetensors``) resumes if its files agree.
+    """
+    state_file = out / runstate.STATE_FILE
+    if not state_file.is_file():
+        if (out / "last.safetensors").is_file():
+            return _resume_legacy(out, model, optimizer, device)
+        return 0, -math.inf, [], f"nothing to resume in {out}: starting at epoch 1"
+    info = runstate.load_state(out, model, optimizer, device)
+    epoch, best, history = info["epoch"], info["best_score"], info["history"]
+    done = []
+    if is_main:
+        removed = runstate.remove_stale_temp_files(out)
+        if removed:
+            done.append(f"removed {len(removed)} unfinished temp file(s)")
+        best_written = _checkpoint_epoch(out / "best.json") == info["best_epoch"]
+        _write_outputs(out, model, config, history, best, write_best=info["best_epoch"] == epoch and not best_written)
+        if not best_written and info["best_epoch"] == epoch:
+            done.append("rewrote best.safetensors")
+    note = f"resumed from {state_file} after epoch {epoch} (model, optimizer and log of that epoch)"
+    return epoch, best, history, note + (f"; {', '.join(done)}" if done else "")
 
 
-def _resume(out: Path, model, optimizer, device) -> tuple[int, float, list[dict]]:
+def _checkpoint_epoch(meta_file: Path) -> int | None:
+    try:
+        return json.loads(meta_file.read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _resume_legacy(out: Path, model, optimizer, device) -> tuple[int, float, list[dict], str]:
+    missing = [name for name in ("optimizer.safetensors", "log.jsonl") if not (out / name).is_file()]
     trained = load(out / "last.safetensors", device=device)
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line] if not missing else []
+    epoch = trained.metadata.get("epoch")
+    if missing or len(history) != epoch:
+        problem = f"{', '.join(missing)} missing" if missing else f"log.jsonl has {len(history)} epochs, last.json {epoch}"
+        raise LoopExposeError(f"cannot resume: the run's files disagree ({problem}; a kill between two writes of an "
+                              "older loopexpose); start the run again without --resume", out)  # fmt: skip
     model.load_state_dict(trained.state_dict())
-    flat = load_file(str(out / "optimizer.safetensors"))
-    state = optimizer.state_dict()
-    for key, value in flat.items():
-        index, name = key.split(".", 1)
-        state["state"].setdefault(int(index), {})[name] = value.to(device) if name != "step" else value
-    optimizer.load_state_dict(state)
-    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
-    return trained.metadata["epoch"], trained.metadata["best_score"], history
+    runstate.load_optimizer(optimizer, load_file(str(out / "optimizer.safetensors")), device)
+    note = f"resumed from {out / 'last.safetensors'} and optimizer.safetensors (older layout) after epoch {epoch}"
+    return epoch, trained.metadata["best_score"], history, note
+
+
+def _check_every_epoch_has_a_step(sampler: BucketBatchSampler, tcfg: dict, brackets: int) -> None:
+    """Steps take ``brackets_per_step`` brackets of one window length; an epoch without one full step would
+    train nothing (and log nothing), so refuse such a schedule before the data is decoded."""
+    per_step = tcfg["brackets_per_step"]
+    if per_step > brackets:
+        raise LoopExposeError(f"train.brackets_per_step = {per_step} is more than the {brackets} training brackets")
+    for epoch in range(tcfg["warmup_epochs"] + tcfg["feedback_epochs"]):
+        sampler.set_epoch(epoch)
+        if len(sampler) == 0:
+            raise LoopExposeError(
+                f"train.brackets_per_step = {per_step}: epoch {epoch + 1} has no step (its {brackets} training "
+                "brackets hold fewer brackets of any one window length); lower it or narrow data.window"
+            )
 
 
 def plot_curves(history: list[dict], path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from loopexpose.errors import LoopExposeError
+from loopexpose.inputs import as_pixels, restore
 
 
 class ExposureModel(nn.Module):
@@ -31,41 +32,30 @@ class ExposureModel(nn.Module):
         """Correct one photo (or a stack of tensors) and return the same kind of object.
 
         Args:
-            image: a numpy array ``(H, W, 3)`` of uint8, uint16 or float in [0, 1]; a PIL image; or a tensor
-                ``(*, 3, H, W)`` in [0, 1] (each image is corrected on its own, on the model's device).
+            image: a numpy array ``(H, W, 3)`` of uint8, uint16 or float in [0, 1]; a PIL image (8-bit modes,
+                16-bit grey ``I;16``); or a tensor ``(*, 3, H, W)``, uint8 or float in [0, 1] (each image is
+                corrected on its own, on the model's device). :mod:`loopexpose.inputs` has the whole contract.
             max_side: if > 0, downscale so the long side is at most this first (0 = full resolution).
         Returns:
-            The corrected image, same type, dtype and shape (smaller if ``max_side`` applied).
+            The corrected image, same kind, dtype and shape (PIL: mode; smaller if ``max_side`` applied).
+        Raises:
+            LoopExposeError: an input outside the contract (int64 or bool arrays, floats in 0..255, NaN, empty
+                images, PIL ``I``/``F`` images, ...), naming what was given.
         """
-        if isinstance(image, torch.Tensor):
-            return self._correct_tensor(image, max_side)
-        if isinstance(image, np.ndarray):
-            return self._correct_numpy(image, max_side)
-        try:
-            from PIL import Image
-        except ImportError:  # pragma: no cover - pillow is a core dependency
-            Image = None
-        if Image is not None and isinstance(image, Image.Image):
-            mode = image.mode
-            rgb = np.asarray(image.convert("RGB"))
-            out = Image.fromarray(self._correct_numpy(rgb, max_side), mode="RGB")
-            return out if mode == "RGB" else out.convert(mode) if mode in ("L", "RGBA") else out
-        raise LoopExposeError(f"cannot correct an object of type {type(image).__name__}")
+        pixels, given = as_pixels(image, "correct")
+        if given.kind == "tensor":
+            return restore(self._correct_tensor(pixels, max_side), given)
+        return restore(self._correct_numpy(pixels, max_side), given)
 
     def _correct_numpy(self, array: np.ndarray, max_side: int) -> np.ndarray:
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise LoopExposeError(f"expected an (H, W, 3) RGB array, got shape {array.shape}")
-        dtype = array.dtype
-        if dtype not in (np.uint8, np.uint16):
-            array = np.clip(array.astype(np.float32), 0, 1)
+        """``(H, W, 3)`` uint8, uint16 or float32 in [0, 1] (checked by :func:`~loopexpose.inputs.as_pixels`)."""
         if max_side and max(array.shape[:2]) > max_side:
             scale = max_side / max(array.shape[:2])
             size = (max(1, round(array.shape[1] * scale)), max(1, round(array.shape[0] * scale)))
             array = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
         # A subclass's correct_array is its CPU fast path; on other devices the generic tensor path runs there.
         runner = self.correct_array if self.device.type == "cpu" else partial(ExposureModel.correct_array, self)
-        out = runner(np.ascontiguousarray(array))
-        return out.astype(dtype) if out.dtype != dtype else out
+        return runner(np.ascontiguousarray(array))
 
     def correct_array(self, array: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8/uint16/float32 -> same; the default runs :meth:`forward` on the whole image."""

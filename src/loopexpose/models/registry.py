@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from loopexpose.checkpoint import load_checkpoint, save_checkpoint
+from loopexpose.config import check_dataclass
 from loopexpose.errors import LoopExposeError
 
 ARCHITECTURES: dict[str, tuple[type, type]] = {}
@@ -36,11 +37,13 @@ def create(arch: str, config: dict | None = None):
     if arch not in ARCHITECTURES:
         raise LoopExposeError(f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
     cls, config_class = ARCHITECTURES[arch]
+    if config is not None and not isinstance(config, dict):
+        raise LoopExposeError(f"{arch} settings must be a table of names and values, got {type(config).__name__}")
     known = {f.name for f in fields(config_class)}
     unknown = set(config or {}) - known
     if unknown:
-        raise LoopExposeError(f"unknown {arch} settings: {', '.join(sorted(unknown))}")
-    return cls(config_class(**(config or {})))
+        raise LoopExposeError(f"unknown {arch} settings: {', '.join(sorted(map(str, unknown)))}")
+    return cls(config_class(**check_dataclass(config, config_class, "model.config")))
 
 
 def bundled() -> list[str]:
@@ -65,17 +68,22 @@ def resolve(spec: str | os.PathLike) -> Path:
 def load(spec: str | os.PathLike = "default", device: str | torch.device = "cpu"):
     """A ready model in eval mode from a bundled name or a checkpoint file (its JSON rebuilds the model)."""
     path = resolve(spec)
+    device = resolve_device(device)  # an unknown device fails before anything is read
     state, metadata = load_checkpoint(path)
-    model_info = metadata.get("model") or {}
-    if "arch" not in model_info:
-        raise LoopExposeError("checkpoint metadata has no model.arch", path)
-    model = create(model_info["arch"], model_info.get("config"))
+    model_info = metadata.get("model")
+    if not isinstance(model_info, dict) or not isinstance(model_info.get("arch"), str):
+        raise LoopExposeError("checkpoint metadata has no model.arch (expected {\"model\": {\"arch\": NAME, "
+                              "\"config\": {...}}})", path)  # fmt: skip
+    try:
+        model = create(model_info["arch"], model_info.get("config"))
+    except LoopExposeError as exc:
+        raise LoopExposeError(f"checkpoint metadata: {exc}", path) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise LoopExposeError(f"weights do not fit {model_info['arch']}: {str(exc).splitlines()[0]}", path) from None
     model.metadata = metadata
-    return model.to(resolve_device(device)).eval()
+    return model.to(device).eval()
 
 
 def save(model, path: str | os.PathLike, **metadata) -> Path:
@@ -85,10 +93,18 @@ def save(model, path: str | os.PathLike, **metadata) -> Path:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is a clear error."""
+    """``"auto"`` -> CUDA when available, else CPU; an unknown device, or ``"cuda"`` without a GPU, is a clear
+    error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LoopExposeError(f"unknown device {str(device)!r} (use cpu, cuda, cuda:N, mps or auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LoopExposeError("--device cuda asked for, but torch sees no CUDA device")
+    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "cuda", "meta") else None
+    available = getattr(backend, "is_available", None)
+    if device.type not in ("cpu", "cuda", "meta") and not (callable(available) and available()):
+        raise LoopExposeError(f"device {str(device)!r} asked for, but torch sees no {device.type} device")
     return device

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from loopexpose.config import Rule, check_config
 from loopexpose.data import is_validation_scene
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load, save
@@ -46,9 +47,26 @@ DEFAULTS = {
 }
 
 
+RULES = {
+    "data.collections": Rule(type=list[str]),
+    "data.max_side": Rule(minimum=16),
+    "data.crop": Rule(minimum=8),
+    "data.val_fraction": Rule(minimum=0, maximum=1, above=True, below=True),
+    "data.max_scenes": Rule(minimum=0),
+    "recogniser.steps": Rule(minimum=0),
+    "recogniser.batch": Rule(minimum=1),
+    "train.steps": Rule(minimum=1),
+    "train.batch": Rule(minimum=1),
+    "train.eval_every": Rule(minimum=1),
+    "train.log_every": Rule(minimum=1),
+}
+"""Rules beyond the types of :data:`DEFAULTS` (see :mod:`loopexpose.config`)."""
+
+
 def merged_config(config: dict) -> dict:
-    """DEFAULTS overridden section by section by ``config``; unknown keys are an error (a typo must not pass
-    silently). ``model`` is free-form (:class:`~loopexpose.models.semantic.SemanticConfig` checks it)."""
+    """DEFAULTS overridden section by section by ``config``, then checked (:func:`loopexpose.config.check_config`:
+    every key of its default's type, :data:`RULES`); unknown keys are an error (a typo must not pass silently).
+    ``model`` is free-form here (the semantic architecture's settings dataclass checks it)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     for key, value in config.items():
         if key in ("method", "out_dir"):  # read by the caller
@@ -62,7 +80,7 @@ def merged_config(config: dict) -> dict:
             out[key].update(value)
         else:
             out[key] = value
-    return out
+    return check_config(out, DEFAULTS, RULES, free=("model",))
 
 
 def load_scenes(cfg: dict) -> list[tuple[str, torch.Tensor]]:
