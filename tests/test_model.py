@@ -201,3 +201,21 @@ def test_highlights_get_no_colour():
     with torch.no_grad():  # elsewhere the per-channel curves do change colour (the test would notice a no-op)
         coloured = model(dark[None])["output"][0]
     assert (coloured[0] - coloured[2]).abs().mean() > (dark[0] - dark[2]).abs().mean() + 0.02
+
+
+def test_neutral_ramp_bracket_stays_neutral():
+    """A grey ramp rendered at -2..+2 EV comes out grey from the bundled model: CIELAB chroma at most 2 on
+    average over each frame (the global curves may shift the white balance slightly; measured 0.3-1.7, max 2.8 at
+    -2 EV) and nothing added to its bright pixels."""
+    import kornia
+
+    model = loopexpose.load("default")
+    ramp = torch.linspace(0, 1, 256).view(1, 1, 256).expand(3, 32, 256)
+    linear = kornia.color.rgb_to_linear_rgb(ramp)
+    for ev in (-2, -1, 0, 1, 2):
+        frame = kornia.color.linear_rgb_to_rgb((linear * 2.0**ev).clamp(0, 1))
+        out = model.correct(frame)
+        chroma = kornia.color.rgb_to_lab(out[None])[0, 1:].norm(dim=0)
+        assert chroma.mean() <= 2.0, (ev, float(chroma.mean()))
+        added = metrics.highlight_chroma_added(out, frame)
+        assert added.isnan() or added <= 0.5, (ev, float(added))
