@@ -99,16 +99,21 @@ def test_tiles_agree_with_a_single_pass(model, dtype):
         assert np.array_equal(model.correct_array(image, tile_rows=rows), single)
 
 
-def test_fast_path_agrees_with_forward(model):
+@pytest.mark.parametrize("which", ["random", "default"])
+def test_fast_path_agrees_with_forward(model, which):
     """The tiled OpenCV path and the whole-image torch forward give the same picture up to rounding."""
+    if which == "default":
+        model = loopexpose.load("default")
     photo = _photo(90, 130)
     image = (photo * 255 + 0.5).astype(np.uint8)
     fast = model.correct_array(image, tile_rows=16).astype(np.float32) / 255
     with torch.no_grad():
         x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
         reference = model(x)["output"][0].permute(1, 2, 0).numpy()
-    assert np.abs(fast - reference).max() <= 2 / 255
-    assert np.abs(fast - reference).mean() < 0.3 / 255
+    # The network sees OpenCV's 8-bit thumbnail on one side and torch's float one on the other; a random network
+    # (heads of std 0.3) turns that into curves up to about 2.5/255 apart, the trained one into rounding.
+    assert np.abs(fast - reference).max() <= (3 if which == "random" else 2) / 255
+    assert np.abs(fast - reference).mean() < (1.5 if which == "random" else 0.3) / 255
     # tensors on the CPU go through the same fast path, and agree with forward likewise
     assert (model.correct(x[0]).permute(1, 2, 0).numpy() - reference).__abs__().max() < 1e-3
 

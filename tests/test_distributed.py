@@ -195,9 +195,12 @@ def _assert_same_training(one, two) -> None:
     a, b = _weights(one), _weights(two)
     assert a.keys() == b.keys()
     # Same steps on the same brackets; only float summation order differs (batched vs all-reduced gradients),
-    # which Adam's first steps can amplify to a few 1e-5 (the learning rate is 2e-3).
+    # which Adam's first steps can amplify to a few 1e-5 (the learning rate is 2e-3). The luminance head learns
+    # from the ranking hinge alone, and a pair sitting at the margin can switch the hinge on in one run and off in
+    # the other: one Adam step more or less, about 1e-3.
     for name in a:
-        torch.testing.assert_close(b[name], a[name], atol=5e-4, rtol=0, msg=lambda m: f"{name}: {m}")
+        atol = 2e-3 if name.startswith("luminance_head.") else 5e-4
+        torch.testing.assert_close(b[name], a[name], atol=atol, rtol=0, msg=lambda m: f"{name}: {m}")
     log_one, log_two = _log(one), _log(two)
     assert [r["epoch"] for r in log_one] == [r["epoch"] for r in log_two] == [1, 2]
     for r1, r2 in zip(log_one, log_two):

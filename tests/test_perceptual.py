@@ -109,7 +109,7 @@ def test_training_with_the_perceptual_term(data_root, tmp_path):
     run(config, quiet=True)
     (row,) = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     assert row["perceptual"] > 0
-    weighted = row["l1"] + 0.5 * row["ssim"] + 0.1 * row["ranking"] + 0.5 * row["perceptual"]
+    weighted = row["l1"] + 0.5 * row["ssim"] + 0.1 * row["ranking"] + 0.5 * row["consistency"] + 0.5 * row["perceptual"]
     assert row["loss"] == pytest.approx(weighted, rel=1e-4)
     config["loss"]["perceptual_weights"] = str(tmp_path / "missing.safetensors")
     with pytest.raises(LoopExposeError, match=r"missing\.safetensors: cannot read"):
