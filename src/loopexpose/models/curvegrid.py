@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from loopexpose.io import LUMA_WEIGHTS
+from loopexpose.metrics import BRIGHT_LEVEL
 from loopexpose.models.base import ExposureModel
 from loopexpose.models.registry import register
 
@@ -115,7 +116,7 @@ class CurveGrid(ExposureModel):
         g = self.global_mlp(torch.cat([self.global_features(features), hist], dim=1))
         local = self.local(features) + self.global_to_local(g)[:, :, None, None]
         b = x.shape[0]
-        prior_increments, prior_white = prior_curve_logits(exposure_key(thumb), self.config.knots)
+        prior_increments, prior_white = prior_curve_logits(exposure_key(luma), self.config.knots)
         head = self.curve_head(g)
         increments = torch.softmax(head[:, :-1].view(b, 3, -1) + prior_increments[:, None], dim=-1)
         # One white level for the three curves, so clipped white comes out neutral (grey when darkened).
@@ -228,7 +229,8 @@ class CurveGrid(ExposureModel):
                 weight = weight_lut[darkest[bright]][:, None]
                 brightest = source.max(axis=1)
                 scale = neutral_lut[brightest] / np.maximum(brightest.astype(np.float32), np.float32(1e-3) * top)
-                y0[bright] = picked + weight * (source * scale[:, None] - picked)
+                picked += weight * (source * scale[:, None] - picked)
+                y0[bright] = picked
             guide = cv2.transform(y0, luma_weights)
             pos = guide * np.float32(bins - 1)
             low_bin = np.minimum(np.floor(pos), np.float32(bins - 2))
@@ -241,7 +243,6 @@ class CurveGrid(ExposureModel):
             offsets = low + frac * (high - low)
             result = y0 + offsets[..., None]
             if bright.any():  # highlights take the offset as a gain, as in apply()
-                picked = y0[bright]
                 gain = picked / np.maximum(guide[bright], np.float32(1e-3))[:, None] - 1
                 result[bright] += offsets[bright][:, None] * weight * gain
             out[start : start + rows] = (np.clip(result, 0, 1) * np.float32(top) + np.float32(0.5)).astype(out.dtype)
@@ -260,8 +261,9 @@ def _grid_texture(grid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.transpose(1, 0, 2).reshape(grid.shape[2], -1)).astype(np.float32)
 
 
-#: Smallest-channel levels between which a pixel's curves give way to their mean (see :func:`highlight_weight`).
-HIGHLIGHT_RAMP = (0.7, 0.85)
+#: Smallest-channel levels between which a pixel's curves give way to their mean (see :func:`highlight_weight`);
+#: fully at the level the highlight chroma metric calls bright.
+HIGHLIGHT_RAMP = (0.7, BRIGHT_LEVEL)
 
 
 def highlight_weight(x: torch.Tensor) -> torch.Tensor:
@@ -281,37 +283,29 @@ def highlight_weight(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- the exposure prior
-#: Linear floor of the logarithm (-14 stops; 1/255 in sRGB is -11.7).
-LINEAR_FLOOR = 2.0**-14
 #: Linear mid-grey (sRGB 118/255, the evaluation's mid-grey): where the prior curve puts an image's key.
 MID_GREY_LINEAR = 0.18
 
 
-def log2_linear(x: torch.Tensor) -> torch.Tensor:
-    """sRGB ``(*)`` in [0, 1] -> ``log2`` of linear light, floored at :data:`LINEAR_FLOOR`.
+def _srgb_to_linear(values: torch.Tensor) -> torch.Tensor:
+    """Inverse sRGB transfer of ``(B, K)`` values (``kornia.color.rgb_to_linear_rgb``, which wants RGB images)."""
+    import kornia
 
-    The inverse sRGB transfer (IEC 61966-2-1, as ``kornia.color.rgb_to_linear_rgb``) and the logarithm in one
-    step: above the linear toe ``log2(((x + 0.055) / 1.055) ** 2.4)`` is ``2.4 log2((x + 0.055) / 1.055)``.
-
-    >>> round(log2_linear(torch.tensor([0.5])).item(), 3)  # sRGB 0.5 is linear 0.214
-    -2.224
-    """
-    x = x.clamp(0, 1)
-    upper = 2.4 * torch.log2((x + 0.055) / 1.055)
-    lower = torch.log2((x / 12.92).clamp_min(LINEAR_FLOOR))
-    return torch.where(x > 0.04045, upper, lower)
+    return kornia.color.rgb_to_linear_rgb(values[:, None, None].expand(-1, 3, 1, -1))[:, 0, 0]
 
 
-def exposure_key(thumb: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, h, w)`` thumbnails in [0, 1] -> ``(B,)`` exposure key: the mean Rec. 601 luma of the sRGB
-    values (the statistic that picks the evaluation's reference frame and that the ``gain`` baseline matches),
-    as log2 linear light. The prior gain moves it to mid-grey.
+def exposure_key(luma: torch.Tensor) -> torch.Tensor:
+    """``(B, h, w)`` Rec. 601 luma of thumbnails in [0, 1] -> ``(B,)`` exposure key: their mean (the statistic
+    that picks the evaluation's reference frame and that the ``gain`` baseline matches) as linear light. The
+    prior gain moves it to mid-grey.
 
     (The median of linear luma, exposure-invariant in theory, was tried: the fused labels' brightness follows
     the mean far better, 19.6 against 17.4 dB PSNR of the untrained prior to the validation labels.)
+
+    >>> round(exposure_key(torch.full((1, 2, 2), 0.5)).item(), 3)  # sRGB 0.5 is linear 0.214
+    0.214
     """
-    luma = (thumb * thumb.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1).flatten(1).mean(1)
-    return log2_linear(luma.clamp(1 / 255, 1))
+    return _srgb_to_linear(luma.flatten(1).mean(1, keepdim=True).clamp(1 / 255, 1))[:, 0]
 
 
 def prior_curve_logits(key: torch.Tensor, knots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,7 +323,7 @@ def prior_curve_logits(key: torch.Tensor, knots: int) -> tuple[torch.Tensor, tor
         ``(B, knots - 1)`` log increments (their softmax is the curve's shape from 0 to its white level) and
         ``(B,)`` the logit of the white level (the curve's value at 1).
 
-    >>> increments, white = prior_curve_logits(torch.tensor([-2.47, -0.47]), 5)  # mid-grey; 2 stops over
+    >>> increments, white = prior_curve_logits(torch.tensor([0.18, 0.72]), 5)  # mid-grey; 2 stops over
     >>> torch.allclose(increments[0].softmax(-1), torch.full((4,), 0.25), atol=0.02), round(white[0].sigmoid().item(), 2)
     (True, 1.0)
     >>> round(white[1].sigmoid().item(), 2)  # white darkened by 2 stops: sRGB of linear 0.25
@@ -338,8 +332,8 @@ def prior_curve_logits(key: torch.Tensor, knots: int) -> tuple[torch.Tensor, tor
     import kornia
 
     level = torch.linspace(0, 1, knots, device=key.device)
-    gain = MID_GREY_LINEAR / torch.exp2(key.detach().float())
-    scaled = kornia.color.rgb_to_linear_rgb(level.view(1, 1, 1, -1).expand(1, 3, 1, -1))[0, 0, 0] * gain[:, None]
+    gain = MID_GREY_LINEAR / key.detach().float()
+    scaled = _srgb_to_linear(level[None]) * gain[:, None]
     # Reinhard's roll-off with the white point at the scaled white: a brightening gain compresses the highlights
     # (which hold a dark frame's detail) instead of clipping them; a darkening gain (white <= 1) stays linear.
     white = gain.clamp_min(1)[:, None]
