@@ -106,21 +106,24 @@ def test_gradients_reach_every_head():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("bright", [False, True])
-def test_fast_cpu_path_matches_torch(bright):
+@pytest.mark.parametrize("kind", ["mixed", "bright", "dark"])
+def test_fast_cpu_path_matches_torch(kind):
     import cv2
 
     model = randomised()
     rng = np.random.default_rng(0)
     image = (rng.random((90, 130, 3)) ** 2 * 255).astype(np.uint8)
-    if bright:  # most pixels in the highlight ramp, where the neutral curve and the offset-as-gain rules apply
+    if kind == "bright":  # most pixels in the highlight ramp, where the neutral curve and the offset-as-gain rules apply
         image = (255 * (0.6 + 0.4 * rng.random((90, 130, 3)))).astype(np.uint8)
+    if kind == "dark":  # far below mid-grey: the bundled model's exposure floor applies
+        image, model = image // 6, load("default")
     fast = model.correct(image).astype(np.float32) / 255
     side = model.config.thumb  # the thumbnail the fast path makes
     thumb = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
     with torch.no_grad():
         params = model.predict(torch.from_numpy(thumb).permute(2, 0, 1)[None])
         ref = model.apply(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, params)[0].permute(1, 2, 0).numpy()
+    assert (params.gain.item() > 1.05) == (kind == "dark")
     assert np.abs(fast - ref).max() < 3 / 255
     assert np.abs(fast - ref).mean() < 1 / 255
 

@@ -12,7 +12,10 @@ operations per pixel:
 3. **local tone**: a bilateral grid of luma offsets, ``grid x grid`` cells by ``bins`` luminance bins, sliced
    at each pixel by its position and the luma of ``y0`` (edge-aware, as in HDRNet's guided upsampling) and
    added to all three channels, ``out = clamp(y0 + slice(grid, luma(y0)), 0, 1)``;
-4. **luminance feature**: one scalar per image from the global features, which the Luminance Ranking Loss
+4. **exposure floor**: a frame that was darker than mid-grey is brought to mid-grey if it still falls short:
+   one gain in linear light with Reinhard's roll-off (white stays white), chosen on the thumbnail so the
+   result's mean luma is mid-grey (:func:`floor_gain`, :func:`finish`);
+5. **luminance feature**: one scalar per image from the global features, which the Luminance Ranking Loss
    orders by exposure.
 
 Colour is global (the curves) and local work is tone only: local per-channel offsets fitted the pseudo-labels'
@@ -33,6 +36,7 @@ from torch import nn
 import cv2
 import numpy as np
 
+from loopexpose.baselines import MID_GREY, mean_luma
 from loopexpose.io import LUMA_WEIGHTS
 from loopexpose.metrics import BRIGHT_LEVEL
 from loopexpose.models.base import ExposureModel
@@ -59,11 +63,13 @@ class CurveGridParams:
         curves: ``(B, 3, knots)`` values of the per-channel tone curves at ``linspace(0, 1, knots)``.
         grid: ``(B, 1, bins, grid, grid)`` bilateral grid of luma offsets.
         luminance: ``(B,)`` scalar luminance feature of each input.
+        gain: ``(B,)`` linear-light gain of the exposure floor (1: none), see :func:`finish`.
     """
 
     curves: torch.Tensor
     grid: torch.Tensor
     luminance: torch.Tensor
+    gain: torch.Tensor
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -127,7 +133,10 @@ class CurveGrid(ExposureModel):
         if grid.shape[-1] != cells or grid.shape[-2] != cells:
             grid = F.adaptive_avg_pool2d(grid, (cells, cells))
         grid = grid.view(b, 1, self.config.bins, cells, cells)
-        return CurveGridParams(curves=curves, grid=grid, luminance=self.luminance_head(g).squeeze(-1))
+        params = CurveGridParams(curves, grid, self.luminance_head(g).squeeze(-1), torch.ones_like(white[:, 0, 0]))
+        with torch.no_grad():  # the floor is a fixed rule, not learned: no gradient through its gain
+            params.gain = floor_gain(luma.flatten(1).mean(1), self.apply(thumb, params))
+        return params
 
     # ------------------------------------------------------------------ full-resolution application
     def apply(
@@ -155,7 +164,8 @@ class CurveGrid(ExposureModel):
         # Highlights take the luma offset as a gain (R, G, B scaled alike): an offset added to a bright, slightly
         # coloured pixel that is being darkened would raise its saturation.
         out = y0 + offsets * torch.lerp(torch.ones_like(y0), y0 / guide.clamp_min(1e-3), weight)
-        return out.clamp_(0, 1) if not torch.is_grad_enabled() else out.clamp(0, 1)
+        out = out.clamp_(0, 1) if not torch.is_grad_enabled() else out.clamp(0, 1)
+        return finish(out, params.gain) if bool((params.gain != 1).any()) else out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` in [0, 1] -> ``{"output": (B, 3, H, W) in [0, 1], "luminance": (B,)}``."""
@@ -208,6 +218,10 @@ class CurveGrid(ExposureModel):
         neutral_lut = np.ascontiguousarray(luts.mean(0))  # the curves' mean, for highlights
         weight_lut = highlight_weight(ramp)[0, 0, 0].numpy()  # (levels,) by the smallest channel
         first_bright = int(np.argmax(weight_lut > 0))
+        floor = float(params.gain[0])
+        if floor != 1:  # the exposure floor as a 1-D table over [0, 1], looked up with linear interpolation
+            finish_table = finish(torch.linspace(0, 1, FINISH_TABLE).view(1, 1, 1, -1).expand(1, 3, 1, -1), params.gain[:1].cpu())
+            finish_table = np.ascontiguousarray(finish_table[0, 0].numpy().astype(np.float32))
         texture = _grid_texture(params.grid[0].float().cpu().numpy())
         bins, cells_y, cells_x = params.grid.shape[2:]
         step = np.float32(cells_x + 1)
@@ -245,7 +259,12 @@ class CurveGrid(ExposureModel):
             if bright.any():  # highlights take the offset as a gain, as in apply()
                 gain = picked / np.maximum(guide[bright], np.float32(1e-3))[:, None] - 1
                 result[bright] += offsets[bright][:, None] * weight * gain
-            out[start : start + rows] = (np.clip(result, 0, 1) * np.float32(top) + np.float32(0.5)).astype(out.dtype)
+            np.clip(result, 0, 1, out=result)
+            if floor != 1:  # cv2.remap as a fast 1-D interpolated look-up (np.interp is single-threaded, slower)
+                flat = result.reshape(rows, -1)
+                flat *= np.float32(FINISH_TABLE - 1)
+                result = cv2.remap(finish_table, flat, np.zeros_like(flat), cv2.INTER_LINEAR).reshape(result.shape)
+            out[start : start + rows] = (result * np.float32(top) + np.float32(0.5)).astype(out.dtype)
 
         from concurrent.futures import ThreadPoolExecutor
 
@@ -280,6 +299,57 @@ def highlight_weight(x: torch.Tensor) -> torch.Tensor:
     """
     low, high = HIGHLIGHT_RAMP
     return ((x.amin(dim=1, keepdim=True) - low) / (high - low)).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------- the exposure floor
+#: Entries of the table the CPU fast path looks the exposure floor up in (linear interpolation between them).
+FINISH_TABLE = 1024
+
+
+def finish(images: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The exposure floor: ``(B, 3, H, W)`` sRGB in [0, 1] scaled by ``gain`` ``(B,)`` in linear light, with
+    Reinhard's roll-off whose white point is the gain (so white stays white and nothing clips); gain 1 is the
+    identity.
+
+    >>> round(finish(torch.full((1, 3, 1, 1), 0.2), torch.tensor([2.0]))[0, 0, 0, 0].item(), 3)
+    0.279
+    >>> [round(v, 5) for v in finish(torch.ones(1, 3, 1, 1), torch.tensor([4.0])).flatten().tolist()]
+    [1.0, 1.0, 1.0]
+    """
+    import kornia
+
+    gain = gain.view(-1, 1, 1, 1).to(images)
+    scaled = kornia.color.rgb_to_linear_rgb(images.clamp(0, 1)) * gain
+    linear = scaled * (1 + scaled / gain**2) / (1 + scaled)
+    return kornia.color.linear_rgb_to_rgb(linear.clamp(0, 1))
+
+
+def floor_gain(input_luma: torch.Tensor, output: torch.Tensor, steps: int = 6) -> torch.Tensor:
+    """The gain of :func:`finish` that brings a frame darker than mid-grey to mid-grey: ``(B,)``, 1 where the
+    input was not darker than mid-grey or its output is already as bright.
+
+    Why: a brightened frame's highlights are rolled off (they hold the dark frame's only detail there), so a
+    gain that puts the mean *key* on mid-grey leaves the result's mean luma below it; measured on the validation
+    brackets, corrected -1 and -2 EV frames came out 0.2 EV darker than their bracket's reference frame, while
+    over-exposed frames matched theirs (whose clipped areas they share), so only darker frames get the floor.
+
+    Args:
+        input_luma: ``(B,)`` mean Rec. 601 luma of each input.
+        output: ``(B, 3, h, w)`` the corrected thumbnails, sRGB in [0, 1].
+        steps: fixed-point iterations (the mean luma goes about as the gain to the power 1/2.2).
+
+    >>> dark = torch.full((1, 3, 4, 4), 0.3)
+    >>> round(mean_luma(finish(dark, floor_gain(torch.tensor([0.2]), dark))).item(), 3) == round(MID_GREY, 3)
+    True
+    >>> floor_gain(torch.tensor([0.6]), dark).item()  # the input was bright: no floor
+    1.0
+    """
+    gain = torch.ones_like(input_luma)
+    darker = input_luma < MID_GREY
+    for _ in range(steps):
+        mean = mean_luma(finish(output, gain)).flatten().clamp_min(1e-4)
+        gain = torch.where(darker, (gain * (MID_GREY / mean) ** 2.2).clamp(1, 64), gain)
+    return gain
 
 
 # ------------------------------------------------------------------------------------- the exposure prior
