@@ -54,8 +54,9 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "RAW_SUFFIXES", "RawDecode", "RawInfo", "bracket_decoder", "bracket_white_balance", "check_bracket",
-    "decode", "decode_raw", "is_raw", "measure", "read_info", "require_rawpy", "rawpy_options",
+    "INSTALL_HINT", "RAW_SUFFIXES", "RawDecode", "RawInfo", "bracket_decoder", "bracket_white_balance",
+    "camera_to_srgb_matrix", "check_bracket", "decode", "decode_raw", "is_raw", "measure", "rawpy_options",
+    "read_info", "render", "require_rawpy",
 ]  # fmt: skip
 
 INSTALL_HINT = "pip install 'loopexpose[raw]'"
@@ -193,13 +194,13 @@ def _with_raw(path: str | os.PathLike, work: Callable):
     can: those are captured and the file is refused as corrupt, as :mod:`loopexpose.io` does for JPEG and PNG.
     """
     path = Path(path)
-    rawpy = require_rawpy(path)
     if not path.exists():
         raise LoopExposeError("no such file", path)
     if path.is_dir():
         raise LoopExposeError("is a folder, expected an image file", path)
     if path.stat().st_size == 0:
         raise LoopExposeError("empty file", path)
+    rawpy = require_rawpy(path)
     complaints: list[str] = []
     try:
         with _captured_stderr() as complaints, rawpy.RawPy() as raw:
