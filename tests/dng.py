@@ -19,7 +19,7 @@ _SRGB_TO_XYZ = np.array(
 _RATIONAL, _SRATIONAL = 5, 10  # TIFF field types
 
 
-def _rationals(values, signed: bool = False) -> tuple[int, ...]:
+def _rationals(values) -> tuple[int, ...]:
     pairs = [Fraction(float(v)).limit_denominator(1_000_000) for v in values]
     return tuple(x for f in pairs for x in (f.numerator, f.denominator))
 
