@@ -21,7 +21,9 @@ frame's is resized to it with a warning (cameras and converters crop a few pixel
 
 Formats: JPEG, PNG and TIFF, 8 or 16 bit, grey, grey+alpha, RGB, RGBA, CMYK or palette (alpha dropped), and
 float TIFF (16, 32 or 64 bit, clipped to ``[0, 1]``); EXIF orientation applied on read. Signed-integer and 32-bit
-integer samples are refused with an error that says so.
+integer samples are refused with an error that says so. Camera RAW files (:data:`RAW_SUFFIXES`) are read, never
+written, through :mod:`loopexpose.raw` (rendered to 16-bit sRGB; a bracket's frames with one white balance; a
+bracket mixing RAW files with other images is an error).
 
 Images above a pixel limit (:func:`max_pixels`, ``--max-pixels`` in the CLI, ``LOOPEXPOSE_MAX_PIXELS`` in the
 environment; by default :data:`DEFAULT_MAX_PIXELS`, the size at which Pillow itself refuses a file as a
@@ -61,7 +63,13 @@ from loopexpose.errors import LoopExposeError
 if TYPE_CHECKING:  # torch is imported where tensors are made, so that `loopexpose scenes` and --help start fast
     import torch
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}  # read and written
+RAW_SUFFIXES = {
+    ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc", ".mef", ".mos",
+    ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
+}  # fmt: skip
+"""Camera RAW files, read (never written) through :mod:`loopexpose.raw` (rawpy, the ``raw`` extra)."""
+INPUT_SUFFIXES = IMAGE_SUFFIXES | RAW_SUFFIXES
 _EXIF_IFD = 0x8769
 _ORIENTATION = 0x0112
 _EXPOSURE_TIME, _F_NUMBER, _ISO = 0x829A, 0x829D, 0x8827
@@ -154,7 +162,8 @@ def open_pil(source, path: object = None):
 
 _DECODE_LOCK = threading.Lock()
 _DECODER_COMPLAINTS = ("corrupt jpeg data", "premature end", "libpng error", "libpng warning", "bogus", "invalid",
-                       "incorrect", "crc error", "read error", "truncat")  # fmt: skip
+                       "incorrect", "crc error", "read error", "truncat",
+                       "unexpected end of file", "corrupt data near", "corrupted at")  # fmt: skip (the last three: LibRaw)
 
 
 @contextlib.contextmanager
@@ -236,6 +245,11 @@ def image_size(path: str | os.PathLike, name: object = None) -> tuple[int, int]:
     """
     path = Path(path)
     name = path if name is None else name
+    if path.suffix.lower() in RAW_SUFFIXES:
+        from loopexpose.raw import read_info
+
+        info = read_info(path)
+        return info.width, info.height
     if not path.is_file():
         raise LoopExposeError("no such file", name)
     data = np.fromfile(path, dtype=np.uint8)
@@ -249,7 +263,12 @@ def image_size(path: str | os.PathLike, name: object = None) -> tuple[int, int]:
 def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
     """``(H, W, 3)`` RGB samples as stored (uint8, uint16 or float32), upright, with the long side at most
     ``max_side`` if > 0 (area filter on the integer samples; JPEGs are decoded at a reduced DCT scale first when
-    that still leaves at least ``max_side``), plus bit depth, EXIF bytes and ICC profile."""
+    that still leaves at least ``max_side``), plus bit depth, EXIF bytes and ICC profile. RAW files are rendered
+    by :func:`loopexpose.raw.decode` (16-bit sRGB)."""
+    if path.suffix.lower() in RAW_SUFFIXES:
+        from loopexpose.raw import decode
+
+        return decode(path, max_side)
     if not path.exists():
         raise LoopExposeError("no such file", path)
     if path.is_dir():
@@ -734,7 +753,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise LoopExposeError("not a folder", folder)
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith(".")
     )
 
 
@@ -801,7 +820,7 @@ def ev_from_filename(name: str) -> float | None:
     True
     """
     stem = Path(name).name
-    while Path(stem).suffix.lower() in IMAGE_SUFFIXES:
+    while Path(stem).suffix.lower() in INPUT_SUFFIXES:
         stem = Path(stem).stem
     is_msec = bool(re.search(r"_[NP]\d+(?:\.\d+)?$|_0$", stem))  # MSEC tags are upper case
     lower = stem.lower()
@@ -905,6 +924,10 @@ def _measure(path: Path) -> tuple[float, float | None]:
 @functools.lru_cache(maxsize=8192)
 def _measure_cached(path_text: str, mtime_ns: int, size: int) -> tuple[float, float | None]:
     path = Path(path_text)
+    if path.suffix.lower() in RAW_SUFFIXES:
+        from loopexpose.raw import measure
+
+        return measure(path)
     ev = None
     try:
         with open_pil(path, path) as image:
@@ -951,6 +974,10 @@ def order_bracket(scene: str | os.PathLike, paths: list[Path] | None = None) -> 
     paths = list(paths) if paths is not None else list_images(scene)
     if not paths:
         raise LoopExposeError("no images in scene folder", scene)
+    if any(p.suffix.lower() in RAW_SUFFIXES for p in paths):
+        from loopexpose.raw import check_bracket
+
+        check_bracket(paths, scene)  # RAW files beside other images: an error
     measures = [_measure(p) for p in paths]
     lumas = [m[0] for m in measures]
     exposure: list[float] | None = None
@@ -1006,10 +1033,15 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
 
     if not isinstance(bracket, Bracket):
         bracket = order_bracket(bracket)
+    decode = _decode
+    if any(Path(p).suffix.lower() in RAW_SUFFIXES for p in bracket.paths):
+        from loopexpose.raw import bracket_decoder
+
+        decode = bracket_decoder(bracket.paths)  # every frame with one white balance
     frames = []
     target: tuple[int, int] | None = None
     for path in bracket.paths:
-        pixels = _to_float(_decode(Path(path), max_side)[0])
+        pixels = _to_float(decode(Path(path), max_side)[0])
         if target is None:
             target = pixels.shape[:2]
         elif pixels.shape[:2] != target:

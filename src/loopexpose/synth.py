@@ -12,7 +12,8 @@ sidecar :data:`SIDECAR_NAME`, written last, whose ``"complete": true`` marks a f
 resumed). A folder of such scenes is a collection that :func:`loopexpose.io.find_scenes` and the trainer read.
 
 Pure functions work on tensors shaped ``(*, 3, H, W)``; the ``prepare_*_scene`` functions do one file each (they
-are what ``loopexpose prepare`` runs in a process pool).
+are what ``loopexpose prepare`` runs in a process pool). RAW decoding itself (:func:`decode_raw`, rawpy options,
+errors) lives in :mod:`loopexpose.raw`, shared with ``correct`` and ``fuse``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 import shutil
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -32,7 +33,17 @@ import numpy as np
 import torch
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import LUMA_WEIGHTS, IMAGE_SUFFIXES, atomic_write_bytes, read_image, to_numpy, to_tensor, write_image
+from loopexpose.io import (
+    IMAGE_SUFFIXES,
+    LUMA_WEIGHTS,
+    RAW_SUFFIXES,
+    atomic_write_bytes,
+    read_image,
+    to_numpy,
+    to_tensor,
+    write_image,
+)
+from loopexpose.raw import RawDecode, camera_to_srgb_matrix, decode_raw, rawpy_options, require_rawpy  # noqa: F401
 
 SIDECAR_NAME = "prepared.json"
 SIDECAR_FORMAT = "loopexpose-prepared-scene"
@@ -43,10 +54,6 @@ PRESETS: dict[str, tuple[float, ...]] = {
     "radiometry": (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
 }
 CURVES = ("srgb", "bt709")
-RAW_SUFFIXES = {
-    ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc", ".mef", ".mos",
-    ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
-}  # fmt: skip
 
 # sRGB (D65) -> XYZ, IEC 61966-2-1.
 _XYZ_FROM_SRGB = np.array(
@@ -218,128 +225,6 @@ def frame_stats(frame: torch.Tensor) -> dict[str, float]:
     luma = (frame * weights).sum(dim=-3)
     clipped = frame.amax(dim=-3) >= 254.5 / 255.0
     return {"mean_luma": round(float(luma.mean()), 6), "clipped_fraction": round(float(clipped.float().mean()), 6)}
-
-
-def camera_to_srgb_matrix(camera: np.ndarray, srgb: np.ndarray, min_pixels: int = 1000) -> np.ndarray | None:
-    """Fit the 3x3 matrix LibRaw applied to go from camera RGB to linear sRGB, from two renderings of one RAW.
-
-    rawpy does not expose LibRaw's camera matrix for every camera (``rgb_xyz_matrix`` is zero for many older
-    models although LibRaw still applies a built-in one), so we recover it: the two linear renderings differ only
-    by that matrix, which least squares on pixels clipped in neither recovers to 16-bit precision.
-
-    Args:
-        camera: ``(H, W, 3)`` linear camera-RGB rendering in [0, 1].
-        srgb: ``(H, W, 3)`` linear sRGB rendering of the same RAW in [0, 1].
-        min_pixels: fewest usable pixels for a trustworthy fit.
-
-    Returns:
-        ``(3, 3)`` matrix (rows = sRGB channels), or ``None`` when the fit is not trustworthy.
-    """
-    cam = camera.reshape(-1, 3).astype(np.float64)
-    out = srgb.reshape(-1, 3).astype(np.float64)
-    usable = (cam.max(1) < 0.98) & (out.max(1) < 0.98) & (out.min(1) > 0.002) & (cam.min(1) > 0.002)
-    if usable.sum() < min_pixels:
-        return None
-    solution, *_ = np.linalg.lstsq(cam[usable], out[usable], rcond=None)
-    matrix = solution.T
-    residual = np.abs(cam[usable] @ solution - out[usable]).max()
-    if not np.all(np.isfinite(matrix)) or residual > 2e-3:
-        return None
-    return matrix
-
-
-# ---------------------------------------------------------------------------------------------- decoding
-
-
-@dataclass
-class RawDecode:
-    """A RAW file decoded for bracket rendering.
-
-    Attributes:
-        linear: ``(3, H, W)`` float32 linear camera RGB, white-balanced, in [0, 1] (1 = white level).
-        matrix: ``(3, 3)`` camera RGB -> linear sRGB, or ``None`` when ``linear`` is already linear sRGB.
-        info: what the decoder reported (for the sidecar).
-    """
-
-    linear: torch.Tensor
-    matrix: torch.Tensor | None
-    info: dict = field(default_factory=dict)
-
-
-def require_rawpy():
-    """Import rawpy (the optional `raw` extra) or explain how to install it."""
-    try:
-        import rawpy
-    except ImportError:
-        raise LoopExposeError("RAW decoding needs rawpy: pip install 'loopexpose[raw]'") from None
-    return rawpy
-
-
-def rawpy_options(rawpy, output_color: str = "raw", half_size: bool = False) -> dict:
-    """The ``rawpy.postprocess`` options of our linear decode (camera white balance, no auto-brightness)."""
-    return dict(
-        output_color=getattr(rawpy.ColorSpace, output_color),
-        gamma=(1, 1),
-        no_auto_bright=True,
-        use_camera_wb=True,
-        output_bps=16,
-        half_size=half_size,
-        highlight_mode=rawpy.HighlightMode.Clip,
-    )
-
-
-def decode_raw(path: str | os.PathLike, half_size: bool = False, max_side: int = 0) -> RawDecode:
-    """Decode a camera RAW with rawpy to linear, white-balanced camera RGB (no auto-brightness, no tone curve).
-
-    Args:
-        path: any RAW that LibRaw reads.
-        half_size: LibRaw's half-size mode (2x smaller, no demosaicing: fast).
-        max_side: if > 0, downscale (area filter, in linear light) so the long side is at most this.
-
-    Raises:
-        LoopExposeError: rawpy is missing or the file is not a RAW it can decode.
-    """
-    rawpy = require_rawpy()
-    path = Path(path)
-    if not path.is_file():
-        raise LoopExposeError("no such file", path)
-    try:
-        with rawpy.imread(str(path)) as raw:
-            camera = raw.postprocess(**rawpy_options(rawpy, "raw", half_size)).astype(np.float32) / 65535.0
-            # The matrix is fitted on half-size renderings: same colour pipeline, a quarter of the pixels.
-            fit_cam = raw.postprocess(**rawpy_options(rawpy, "raw", True)).astype(np.float32) / 65535.0
-            fit_srgb = raw.postprocess(**rawpy_options(rawpy, "sRGB", True)).astype(np.float32) / 65535.0
-            matrix = camera_to_srgb_matrix(fit_cam, fit_srgb)
-            if matrix is None:  # fall back to LibRaw's sRGB output (clipping then happens after the matrix)
-                camera = raw.postprocess(**rawpy_options(rawpy, "sRGB", half_size)).astype(np.float32) / 65535.0
-            info = {
-                "white_level": int(raw.white_level),
-                "black_level_per_channel": [int(v) for v in raw.black_level_per_channel],
-                "camera_whitebalance": [round(float(v), 6) for v in raw.camera_whitebalance],
-                "color_desc": raw.color_desc.decode(errors="replace"),
-            }
-    except (rawpy.LibRawError, OSError, ValueError) as exc:
-        text = exc.args[0] if len(exc.args) == 1 else str(exc)
-        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)  # LibRaw errors are bytes
-        detail = f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
-        raise LoopExposeError(f"cannot decode RAW ({detail})", path) from None
-    if max_side and max(camera.shape[:2]) > max_side:
-        scale = max_side / max(camera.shape[:2])
-        size = (max(1, round(camera.shape[1] * scale)), max(1, round(camera.shape[0] * scale)))
-        camera = cv2.resize(camera, size, interpolation=cv2.INTER_AREA)
-    info.update(
-        rawpy_version=rawpy.__version__,
-        libraw_version=".".join(str(v) for v in rawpy.libraw_version),
-        camera_to_srgb=None if matrix is None else [[round(float(v), 6) for v in row] for row in matrix],
-        clipped_fraction_at_ev0=round(float((camera.max(axis=2) >= 0.999).mean()), 6),
-        height=int(camera.shape[0]),
-        width=int(camera.shape[1]),
-    )
-    return RawDecode(
-        linear=to_tensor(camera),
-        matrix=None if matrix is None else torch.from_numpy(matrix.astype(np.float32)),
-        info=info,
-    )
 
 
 # ------------------------------------------------------------------------------------------ scene folders

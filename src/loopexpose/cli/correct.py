@@ -6,7 +6,9 @@ found in a folder keep their path relative to it (``OUTDIR/<sub/folders>/photo_l
 is never an input: such a file, or two inputs that would write the same output, fail with a one-line error.
 
 EXIF (orientation reset, pixels written upright) and the ICC profile are kept; 16-bit files give 16-bit
-outputs unless ``--out-bits 8``. A file that cannot be read or written is reported in one line and the batch
+outputs unless ``--out-bits 8``. Camera RAW files (rawpy, the ``raw`` extra) are rendered by
+:mod:`loopexpose.raw` (camera white balance, sRGB curve, 16 bits), corrected, and written as 16-bit TIFF with
+``--format same`` (16-bit PNG with ``--format png``, 8-bit JPEG with ``--format jpg``), with their exposure EXIF. A file that cannot be read or written is reported in one line and the batch
 goes on; the exit code is 2 when any file failed, else 0. Images above ``--max-pixels`` are refused from their
 header. Ctrl-C stops the batch after the files being corrected (each written whole or not at all), says
 ``interrupted: N of M done`` and exits with 130.
@@ -59,7 +61,7 @@ def expand_inputs(paths: list[str], recursive: bool = False, exclude: Path | Non
     matches, the path below the folder for files found in a folder. Files under ``exclude`` (the output
     folder) are skipped when scanning folders. A path that matches nothing becomes a job with an error.
     """
-    from loopexpose.io import IMAGE_SUFFIXES
+    from loopexpose.io import INPUT_SUFFIXES
 
     jobs: list[Job] = []
     seen: set[Path] = set()
@@ -82,7 +84,7 @@ def expand_inputs(paths: list[str], recursive: bool = False, exclude: Path | Non
                 relative = candidate.relative_to(path)
                 if any(part.startswith(".") for part in relative.parts) or not candidate.is_file():
                     continue
-                if candidate.suffix.lower() not in IMAGE_SUFFIXES:
+                if candidate.suffix.lower() not in INPUT_SUFFIXES:
                     continue
                 if inner is not None and inner in candidate.resolve().parents:
                     continue
@@ -102,9 +104,21 @@ def expand_inputs(paths: list[str], recursive: bool = False, exclude: Path | Non
     return jobs
 
 
+RAW_SAME_FORMAT = ".tif"
+"""What ``--format same`` writes for a RAW input (a 16-bit TIFF, as raw converters hand photos to editors)."""
+
+
 def output_path(relative: Path, out_dir: Path, format: str) -> Path:
-    """``OUTDIR/<relative folders>/<stem>_loopexpose.<ext>``, ``ext`` from ``format`` or the input's suffix."""
+    """``OUTDIR/<relative folders>/<stem>_loopexpose.<ext>``, ``ext`` from ``format`` or the input's suffix
+    (:data:`RAW_SAME_FORMAT` for a RAW input).
+
+    >>> output_path(Path("a/IMG_1.CR2"), Path("out"), "same").as_posix()
+    'out/a/IMG_1_loopexpose.tif'
+    """
+    from loopexpose.io import RAW_SUFFIXES
+
     suffix = relative.suffix.lower() if format == "same" else f".{format}"
+    suffix = RAW_SAME_FORMAT if suffix in RAW_SUFFIXES else suffix
     return out_dir / relative.parent / f"{relative.stem}{SUFFIX}{suffix}"
 
 
@@ -174,8 +188,12 @@ def correct(
     model: str = typer.Option("default", help="Bundled model name ('default') or a .safetensors checkpoint."),
     device: str = typer.Option("auto", help="cpu, cuda (cuda:N) or auto (CUDA when available)."),
     max_side: int = typer.Option(0, "--max-side", help="Downscale so the long side is at most N (0: full resolution)."),
-    out_bits: int = typer.Option(None, "--out-bits", help="8 or 16 bits per sample (default: the input's depth)."),
-    format: str = typer.Option("same", "--format", help="Output format: jpg, png, tif or same (as the input)."),
+    out_bits: int = typer.Option(
+        None, "--out-bits", help="8 or 16 bits per sample (default: the input's depth; 16 for RAW; 8 for jpg)."
+    ),
+    format: str = typer.Option(
+        "same", "--format", help="Output format: jpg, png, tif or same (as the input; tif for RAW input)."
+    ),
     quality: int = typer.Option(95, help="JPEG quality, 1..100."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Leave inputs whose output already exists."),
     workers: int = typer.Option(1, help="Files corrected at once (threads; each photo already uses 2 threads)."),

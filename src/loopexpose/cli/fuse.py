@@ -38,7 +38,7 @@ def fuse_scene(
     scene: Path,
     target: Path,
     preset: str = "opencv",
-    bits: int = 8,
+    bits: int | None = None,
     device: str = "cpu",
     max_side: int = 0,
     corrector: Callable | None = None,
@@ -49,7 +49,7 @@ def fuse_scene(
         scene: a folder of one bracket's frames.
         target: the output file (its suffix picks the format).
         preset: fusion preset, see :data:`loopexpose.fusion.PRESETS`.
-        bits: 8 or 16 bits per sample in the output.
+        bits: 8 or 16 bits per sample in the output; ``None``: 16 for a RAW bracket written as PNG or TIFF, else 8.
         device: torch device for the fusion (``"cpu"``, ``"cuda"``, ...).
         max_side: downscale frames so the long side is at most this (0: full size).
         corrector: an exposure-correction model (``(N, 3, H, W) -> (N, 3, H, W)``); with one, the result is the
@@ -68,7 +68,11 @@ def fuse_scene(
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
     frames = io.load_bracket(bracket, max_side=max_side).to(device)
     fused = fuse_frames(frames, model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
-    icc = io.read_image(bracket.paths[0]).icc if bracket.paths else None  # frames of a bracket share a profile
+    raw = bracket.paths[0].suffix.lower() in io.RAW_SUFFIXES  # a bracket is all RAW or none (order_bracket)
+    if bits is None:
+        bits = 16 if raw and target.suffix.lower() in {".png", ".tif", ".tiff"} else 8
+    # frames of a bracket share a profile; RAW frames are rendered to sRGB and carry none
+    icc = io.read_image(bracket.paths[0]).icc if bracket.paths and not raw else None
     return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc)
 
 
@@ -80,7 +84,10 @@ def fuse(
         "opencv", help="Plain fusion's weights: 'opencv' (contrast, saturation; cv2.createMergeMertens defaults) or "
         "'mertens' (also well-exposedness, as in the paper). Not used with --correct.",
     ),  # fmt: skip
-    out_bits: int = typer.Option(8, "--out-bits", help="Bits per sample: 8 or 16 (16: png or tif)."),
+    out_bits: int = typer.Option(
+        None, "--out-bits", help="Bits per sample: 8 or 16 (16: png or tif). Default: 16 for RAW brackets "
+        "written as png or tif, else 8.", show_default=False,
+    ),  # fmt: skip
     format: str = typer.Option("png", "--format", help="Output format: png, tif or jpg."),
     max_side: int = typer.Option(0, help="Downscale frames so the long side is at most this (0: full size)."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
@@ -94,7 +101,8 @@ def fuse(
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
 
-    Frames are ordered by loopexpose.io (EXIF, shutter_times.txt, file-name EV tags, else luminance).
+    Frames are ordered by loopexpose.io (EXIF, shutter_times.txt, file-name EV tags, else luminance). Camera RAW
+    brackets (rawpy, the raw extra) are rendered with one white balance and the sRGB curve, and written 16-bit.
 
     A scene that cannot be fused is reported in one line and the others go on; the exit code is then 2.
     Ctrl-C: "interrupted: N of M done", exit 130.
@@ -106,7 +114,7 @@ def fuse(
 
     if preset not in fusion.PRESETS:
         raise LoopExposeError(f"--preset must be one of {', '.join(sorted(fusion.PRESETS))}, got {preset!r}")
-    if out_bits not in (8, 16):
+    if out_bits not in (None, 8, 16):
         raise LoopExposeError(f"--out-bits must be 8 or 16, got {out_bits}")
     format = format.lower().lstrip(".")
     if format not in FORMATS:

@@ -199,7 +199,7 @@ def prepare_srgb(
 ) -> None:
     """Render SYNTHETIC brackets from ordinary sRGB photos: inverse sRGB, x 2^EV, clip, re-encode."""
     from loopexpose import synth
-    from loopexpose.io import list_images, set_max_pixels
+    from loopexpose.io import RAW_SUFFIXES, list_images, set_max_pixels
 
     set_max_pixels(max_pixels)
     if jpeg < 0 or jpeg > 100:
@@ -213,7 +213,7 @@ def prepare_srgb(
         noise=_noise(noise, full_well, read_noise),
         seed=seed,
     )
-    sources = list_images(photo_dir)
+    sources = [p for p in list_images(photo_dir) if p.suffix.lower() not in RAW_SUFFIXES]  # RAWs: `prepare raw`
     if not sources:
         raise LoopExposeError("no photos found (expected .jpg, .png or .tif files)", photo_dir)
     _render_all(sources, out, settings, synth.prepare_srgb_scene, workers, "prepare srgb")
