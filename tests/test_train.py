@@ -53,7 +53,7 @@ def test_short_training_run_learns(data_root, tmp_path):
     overrides = {
         "out_dir": str(tmp_path / "run"),
         "data": {"roots": [str(data_root / "brackets/hdrps")], "max_side": 160, "crop": 96, "val_max_side": 160,
-                 "val_scenes": ["hdrps/Frontier", "hdrps/Zentrum", "hdrps/Flamingo"]},
+                 "val_scenes": ["hdrps/Delicate Arch", "hdrps/Willy Desk", "hdrps/Canadian Falls"]},
         "train": {"warmup_epochs": 2, "feedback_epochs": 2, "lr_warmup_steps": 5},
     }  # fmt: skip
     best = run(load_config(None, overrides), quiet=True)
@@ -68,9 +68,10 @@ def test_short_training_run_learns(data_root, tmp_path):
     _, val = split_scenes(scan_brackets(data_root / "brackets/hdrps"), val_scenes=overrides["data"]["val_scenes"])
     before = Validation.from_set(ValidationSet(val, max_side=160)).score(create("curvegrid"), "opencv")
     after = rows[-1]
-    # The prior alone is already a gain to mid-grey in linear light (PSNR to the reference 23.8 dB on these
-    # scenes), so 4 short epochs at 160 px move little: they must lower the training loss and bring the corrected
-    # frames nearer their labels (CPU runs are deterministic: 17.26 -> 17.46 dB when written).
+    # The prior alone is already a gain to mid-grey in linear light, so 4 short epochs at 160 px move little: they
+    # must lower the training loss and bring the corrected frames nearer their labels. Day scenes: on night scenes
+    # the exposure floor (a fixed rule of the model in eval mode, not trained) lifts dark frames away from their
+    # dark labels whatever the network learned.
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert after["val_psnr_label"] > before["val_psnr_label"] + 0.1
     assert after["val_chroma_added"] < 0.5

@@ -12,9 +12,10 @@ operations per pixel:
 3. **local tone**: a bilateral grid of luma offsets, ``grid x grid`` cells by ``bins`` luminance bins, sliced
    at each pixel by its position and the luma of ``y0`` (edge-aware, as in HDRNet's guided upsampling) and
    added to all three channels, ``out = clamp(y0 + slice(grid, luma(y0)), 0, 1)``;
-4. **exposure floor**: a frame that was darker than mid-grey is brought to mid-grey if it still falls short:
-   one gain in linear light with Reinhard's roll-off (white stays white), chosen on the thumbnail so the
-   result's mean luma is mid-grey (:func:`floor_gain`, :func:`finish`);
+4. **exposure floor** (in eval mode, on the trained network's result): a frame darker than mid-grey is
+   brought up to the level the network gives the same scene exposed to mid-grey, if it falls short of it: one
+   gain in linear light with Reinhard's roll-off (white stays white), chosen on the thumbnail
+   (:func:`floor_gain`, :func:`finish`);
 5. **luminance feature**: one scalar per image from the global features, which the Luminance Ranking Loss
    orders by exposure.
 
@@ -115,13 +116,36 @@ class CurveGrid(ExposureModel):
     def predict(self, x: torch.Tensor) -> CurveGridParams:
         """Predict curves, grid and luminance feature from ``(B, 3, H, W)`` images in [0, 1]."""
         thumb = self.thumbnail(x)
+        params = self._predict_thumbnail(thumb)
+        if not self.training:  # the floor is a fixed rule on the trained network's result: not learned, not trained
+            with torch.no_grad():
+                params.gain = self._floor(thumb, params)
+        return params
+
+    def _floor(self, thumb: torch.Tensor, params: CurveGridParams) -> torch.Tensor:
+        """The exposure floor's gain per image (:func:`floor_gain`): a frame darker than mid-grey is brought up to
+        the level this network gives the same thumbnail exposed to mid-grey (linear gain, clipped as a longer
+        exposure clips), if it falls short of it."""
+        luma = (thumb * thumb.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
+        mean = luma.flatten(1).mean(1)
+        if not bool((mean < MID_GREY).any()):
+            return torch.ones_like(mean)
+        import kornia
+
+        lift = (MID_GREY_LINEAR / exposure_key(luma)).view(-1, 1, 1, 1)
+        lifted = kornia.color.linear_rgb_to_rgb((kornia.color.rgb_to_linear_rgb(thumb) * lift).clamp(0, 1))
+        level = mean_luma(self.apply(lifted, self._predict_thumbnail(lifted))).flatten()
+        return floor_gain(mean, self.apply(thumb, params), level)
+
+    def _predict_thumbnail(self, thumb: torch.Tensor) -> CurveGridParams:
+        """The network proper: ``(B, 3, thumb, thumb)`` thumbnails -> parameters (no exposure floor)."""
         features = self.encoder(thumb * 2 - 1)
         # The luma histogram states the exposure directly; the convolutions add what it cannot (content).
         luma = (thumb * thumb.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
         hist = soft_histogram(luma, self.config.histogram) * self.config.histogram
         g = self.global_mlp(torch.cat([self.global_features(features), hist], dim=1))
         local = self.local(features) + self.global_to_local(g)[:, :, None, None]
-        b = x.shape[0]
+        b = thumb.shape[0]
         prior_increments, prior_white = prior_curve_logits(exposure_key(luma), self.config.knots)
         head = self.curve_head(g)
         increments = torch.softmax(head[:, :-1].view(b, 3, -1) + prior_increments[:, None], dim=-1)
@@ -133,10 +157,7 @@ class CurveGrid(ExposureModel):
         if grid.shape[-1] != cells or grid.shape[-2] != cells:
             grid = F.adaptive_avg_pool2d(grid, (cells, cells))
         grid = grid.view(b, 1, self.config.bins, cells, cells)
-        params = CurveGridParams(curves, grid, self.luminance_head(g).squeeze(-1), torch.ones_like(white[:, 0, 0]))
-        with torch.no_grad():  # the floor is a fixed rule, not learned: no gradient through its gain
-            params.gain = floor_gain(luma.flatten(1).mean(1), self.apply(thumb, params))
-        return params
+        return CurveGridParams(curves, grid, self.luminance_head(g).squeeze(-1), torch.ones_like(white[:, 0, 0]))
 
     # ------------------------------------------------------------------ full-resolution application
     def apply(
@@ -324,31 +345,35 @@ def finish(images: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     return kornia.color.linear_rgb_to_rgb(linear.clamp(0, 1))
 
 
-def floor_gain(input_luma: torch.Tensor, output: torch.Tensor, steps: int = 6) -> torch.Tensor:
-    """The gain of :func:`finish` that brings a frame darker than mid-grey to mid-grey: ``(B,)``, 1 where the
+
+
+def floor_gain(input_luma: torch.Tensor, output: torch.Tensor, level: torch.Tensor, steps: int = 6) -> torch.Tensor:
+    """The gain of :func:`finish` that brings a frame darker than mid-grey up to ``level``: ``(B,)``, 1 where the
     input was not darker than mid-grey or its output is already as bright.
 
-    Why: a brightened frame's highlights are rolled off (they hold the dark frame's only detail there), so a
-    gain that puts the mean *key* on mid-grey leaves the result's mean luma below it; measured on the validation
-    brackets, corrected -1 and -2 EV frames came out 0.2 EV darker than their bracket's reference frame, while
-    over-exposed frames matched theirs (whose clipped areas they share), so only darker frames get the floor.
+    Why: trained on pseudo-labels, the network corrects a dark frame to a darker result than the same scene's
+    brighter frames (measured on the validation brackets: corrected -2 EV frames 0.2 EV below their reference
+    frame, over-exposed ones on it), so the frames of one bracket disagree. ``level`` is what the network
+    itself gives the scene at a normal exposure (:meth:`CurveGrid._floor`), so a night scene stays a night
+    scene; a fixed mid-grey target cost night scenes up to 5 dB.
 
     Args:
         input_luma: ``(B,)`` mean Rec. 601 luma of each input.
         output: ``(B, 3, h, w)`` the corrected thumbnails, sRGB in [0, 1].
+        level: ``(B,)`` target mean luma.
         steps: fixed-point iterations (the mean luma goes about as the gain to the power 1/2.2).
 
     >>> dark = torch.full((1, 3, 4, 4), 0.3)
-    >>> round(mean_luma(finish(dark, floor_gain(torch.tensor([0.2]), dark))).item(), 3) == round(MID_GREY, 3)
-    True
-    >>> floor_gain(torch.tensor([0.6]), dark).item()  # the input was bright: no floor
+    >>> round(mean_luma(finish(dark, floor_gain(torch.tensor([0.2]), dark, torch.tensor([0.45])))).item(), 3)
+    0.45
+    >>> floor_gain(torch.tensor([0.6]), dark, torch.tensor([0.45])).item()  # the input was bright: no floor
     1.0
     """
     gain = torch.ones_like(input_luma)
     darker = input_luma < MID_GREY
     for _ in range(steps):
         mean = mean_luma(finish(output, gain)).flatten().clamp_min(1e-4)
-        gain = torch.where(darker, (gain * (MID_GREY / mean) ** 2.2).clamp(1, 64), gain)
+        gain = torch.where(darker, (gain * (level / mean) ** 2.2).clamp(1, 64), gain)
     return gain
 
 
