@@ -43,7 +43,7 @@ def fuse_scene(
     max_side: int = 0,
     corrector: Callable | None = None,
 ) -> Path:
-    """Load one scene's bracket (ordered by :mod:`loopexpose.io`), fuse it, and write ``target`` atomically.
+    """Load one scene's bracket (ordered by :mod:`loopexpose.brackets`), fuse it, and write ``target`` atomically.
 
     Args:
         scene: a folder of one bracket's frames.
@@ -61,12 +61,13 @@ def fuse_scene(
     """
     from loopexpose import io
     from loopexpose.api import fuse as fuse_frames
+    from loopexpose.brackets import load_bracket, order_bracket
 
-    bracket = io.order_bracket(scene)
+    bracket = order_bracket(scene)
     inputs = {path.resolve() for path in bracket.paths}
     if target.resolve() in inputs:
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
-    frames = io.load_bracket(bracket, max_side=max_side).to(device)
+    frames = load_bracket(bracket, max_side=max_side).to(device)
     fused = fuse_frames(frames, model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
     icc = io.read_image(bracket.paths[0]).icc if bracket.paths else None  # frames of a bracket share a profile
     return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc)
@@ -94,7 +95,7 @@ def fuse(
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
 
-    Frames are ordered by loopexpose.io (EXIF, shutter_times.txt, file-name EV tags, else luminance).
+    Frames are ordered by loopexpose.brackets (EXIF, shutter_times.txt, file-name EV tags, else luminance).
 
     A scene that cannot be fused is reported in one line and the others go on; the exit code is then 2.
     Ctrl-C: "interrupted: N of M done", exit 130.
@@ -165,10 +166,10 @@ def fuse(
 
 
 def plan_scenes(paths: list[Path], out: Path, format: str) -> list[SceneJob]:
-    """One job per scene found under ``paths`` (:func:`loopexpose.io.find_scenes`), each with its output
+    """One job per scene found under ``paths`` (:func:`loopexpose.brackets.find_scenes`), each with its output
     ``OUT/<scene name>.<format>``; a path that holds no scene, or a scene whose output another scene already
     claims, becomes a job with an error (the others go on)."""
-    from loopexpose.io import find_scenes
+    from loopexpose.brackets import find_scenes
 
     jobs: list[SceneJob] = []
     claimed: dict[Path, Path] = {}

@@ -38,7 +38,8 @@ def scenes(
     filename (EV tags such as _N1 _0 _P1, under/normal/over, m2/zero/p2, EV-2..EV+2), luminance.
     A scene that cannot be read is reported in one line and the others are listed; the exit code is then 2.
     """
-    from loopexpose.io import find_scenes, order_bracket, set_max_pixels
+    from loopexpose.brackets import find_scenes, order_bracket
+    from loopexpose.io import set_max_pixels
 
     set_max_pixels(max_pixels)
     errors = Console(stderr=True)
