@@ -195,7 +195,8 @@ def test_cli_raw_batch_continues_after_a_bad_file(raw_path, tmp_path):
     assert result.exit_code == 1
     assert "bad.CR2" in result.output
     scene = out / raw_path.stem
-    assert sorted(p.name for p in brackets.list_images(scene)) == sorted(synth.frame_name(scene.name, e) for e in (-1, 0, 1))
+    expected = sorted(synth.frame_name(scene.name, e) for e in (-1, 0, 1))
+    assert sorted(p.name for p in brackets.list_images(scene)) == expected
     assert synth.read_sidecar(scene)["settings"]["half_size"] is True
     (raws / "bad.CR2").unlink()
     again = runner.invoke(app, args)
