@@ -30,6 +30,7 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from loopexpose import paths
@@ -62,7 +63,8 @@ def real_card(root: Path) -> None:
     if not (data / "brackets").is_dir():
         print(f"real card: skipped ({data / 'brackets'} not found)")
         return
-    singles = [p for p in list_images(data / "singles" / "msec_examples")]
+    single_folder = data / "singles" / "msec_examples"
+    singles = list_images(single_folder) if single_folder.is_dir() else []
     folder = root / "real_card"
     folder.mkdir()
     expected: list[list[str]] = []
@@ -108,8 +110,6 @@ def large(root: Path, count: int) -> None:
     folder.mkdir()
     rng = np.random.default_rng(0)
     base = rng.random((375, 500, 3), dtype=np.float32)
-    import cv2
-
     scene = cv2.resize(base, (4000, 3000), interpolation=cv2.INTER_CUBIC)
     clock = datetime(2024, 5, 1, 10)
     for i in range(count):

@@ -80,8 +80,9 @@ def make_card(folder: Path, bias: bool = True, size=(32, 24)) -> list[list[str]]
     """Write :data:`CARD` as ``IMG_0001.JPG``.. into ``folder``; return the expected groups (file names).
 
     Every burst shows its own random scene, metered at its own level (so exposure values differ between bursts
-    as on a real card), except a burst that repeats the one before without a pause; a frame's shutter time is the metered one x 2^bias, rounded to the nominal third-stop
-    series; ``bias=False`` leaves ExposureBiasValue out (grouping then reads exposure values).
+    as on a real card), except a burst that repeats the one before without a pause. A frame's shutter time is
+    the metered one x 2^bias, rounded to the nominal third-stop series; ``bias=False`` leaves
+    ExposureBiasValue out (grouping then reads exposure values).
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
@@ -220,7 +221,6 @@ def test_empty_and_unreadable_folders_are_errors(tmp_path):
 
 # ------------------------------------------------------------------------------------------ no EXIF
 
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "camera", "coins"]
 NO_EXIF_CARD = [  # (photo, EV offsets in shooting order)
     ("astronaut", [0, -2, 2]),
     ("rocket", [0]),
@@ -340,3 +340,40 @@ def test_cli_fuse_group_auto_fuses_each_bracket(tmp_path):
     assert "1 failed" in result.stderr
     with Image.open(out / "IMG_0001.png") as fused:
         assert fused.size == (32, 24)
+
+
+def test_cli_fuse_group_auto_ctrl_c_says_how_far_it_got(tmp_path, monkeypatch):
+    import loopexpose.cli.fuse as fuse_command
+
+    make_card(tmp_path / "card")
+    calls = []
+    real = fuse_command.fuse_scene
+
+    def interrupted_at_third(*args, **kwargs):
+        calls.append(kwargs["paths"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fuse_command, "fuse_scene", interrupted_at_third)
+    result = invoke("fuse", str(tmp_path / "card"), "--group", "auto", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 130
+    assert "interrupted: 2 of 12 done" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["IMG_0001.png", "IMG_0005.png"]
+    assert [p.name for p in calls[1]] == [f"IMG_000{i}.JPG" for i in range(5, 10)]
+
+
+def test_scenes_group_auto_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    make_card(tmp_path / "card")
+    probe = (
+        "import sys\nfrom loopexpose.cli import main\nsys.argv = ['loopexpose', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n"
+    )
+    args = ["scenes", str(tmp_path / "card"), "--group", "auto"]
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+    assert result.stderr.strip().endswith("NO TORCH"), result.stderr[-500:]
+    assert "patterns of EXIF exposure bias" in result.stdout

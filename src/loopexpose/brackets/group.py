@@ -1,8 +1,8 @@
 """Splitting a flat folder of shots (a memory card's worth) into exposure brackets.
 
 A camera's auto-exposure bracketing (AEB) takes 2, 3, 5, 7 or 9 frames in quick succession with exposures one
-step apart, in one of a few orders: centre first (``0 -1 +1``, ``0 -1 +1 -2 +2``: Canon, Sony, Nikon), ascending
-(``-2 -1 0 +1 +2``: Nikon, Sony) or descending. :func:`group_brackets` finds those runs in a folder of single
+step apart, in one of a few orders: centre first (``0 -1 +1``, ``0 -1 +1 -2 +2``: metered, under, over, the usual
+default), ascending (``-2 -1 0 +1 +2``) or descending. :func:`group_brackets` finds those runs in a folder of single
 files. Frames are taken in capture order (EXIF ``DateTimeOriginal`` + ``SubSecTimeOriginal`` when every frame
 has it, else file-name order), and each boundary between two groups is set, and reported, by the first rule
 that applies:
@@ -18,8 +18,8 @@ that applies:
 3. Image similarity, when any frame lacks EXIF exposure (the whole folder is then grouped this way): a frame
    joins the current group when its exposure-normalised thumbnail (:func:`view_similarity`) matches one of the
    group's at least :data:`SIMILAR_VIEW`, unless it repeats one of their exposures (:func:`exposure_offset`
-   within 1/6 stop: the next bracket of the same view). Two brackets of one view shot back to back in different
-   exposure orders, with no time gap and no EXIF, stay one group.
+   within 1/6 stop: the next bracket of the same view). Two brackets of one view shot back to back, the second
+   starting at an exposure the first lacks, with no time gap and no EXIF, stay one group.
 
 A group of one frame is a single shot (reported, never fused). Files that cannot be read are skipped and listed
 in :attr:`Grouping.skipped`; a group whose frames differ in size carries an :attr:`Group.error` (it is reported

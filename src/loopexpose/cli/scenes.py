@@ -39,7 +39,9 @@ _RULE_HELP = {
 @app.command()
 def scenes(
     paths: list[Path] = typer.Argument(..., help="Scene folders, collections, or folders of collections."),
-    files: bool = typer.Option(False, "--files", "-f", help="Also list each scene's files, darkest first."),
+    files: bool = typer.Option(
+        False, "--files", "-f", help="Also list each scene's files: darkest first (--group auto: capture order)."
+    ),
     group: str = typer.Option("folder", "--group", help=GROUP_HELP),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
