@@ -39,12 +39,12 @@ SIZES = {0.5: (600, 864), 3: (1500, 2000), 12: (3000, 4000)}  # megapixels -> (H
 
 def source_bracket(frames: int = 5) -> np.ndarray:
     """``(frames, h, w, 3)`` float32 in [0, 1]: a real HDRPS window when the data is there."""
-    from loopexpose import io, paths
+    from loopexpose import brackets, paths
 
     scene = paths.data_root() / "brackets" / "hdrps" / "Ahwahnee Great Lounge"
     if scene.is_dir():
-        bracket = io.load_bracket(scene)  # darkest first
-        middle = int(torch.tensor(io.order_bracket(scene).mean_luma).sub(0.45).abs().argmin())
+        bracket = brackets.load_bracket(scene)  # darkest first
+        middle = int(torch.tensor(brackets.order_bracket(scene).mean_luma).sub(0.45).abs().argmin())
         start = min(max(0, middle - frames // 2), len(bracket) - frames)
         return bracket[start : start + frames].permute(0, 2, 3, 1).numpy()
     sys.path.insert(0, "tests")

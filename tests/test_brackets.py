@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loopexpose.errors import LoopExposeError
-from loopexpose.io import (
+from loopexpose.brackets import (
     Bracket,
     ev_from_filename,
     exif_ev,
@@ -26,6 +25,7 @@ from loopexpose.io import (
     mean_luma,
     order_bracket,
 )
+from loopexpose.errors import LoopExposeError
 
 # ----------------------------------------------------------------------------------------- helpers
 

@@ -10,7 +10,8 @@ import torch
 from conftest import synthetic_bracket
 from loopexpose import evaluate as ev
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import order_bracket, to_numpy, write_image
+from loopexpose.brackets import order_bracket
+from loopexpose.io import to_numpy, write_image
 
 
 @pytest.fixture(scope="module")

@@ -103,13 +103,14 @@ def test_matches_opencv_on_synthetic_odd_sizes(shape, preset):
 @pytest.mark.data
 @pytest.mark.slow
 def test_matches_opencv_on_every_hdrps_scene(brackets_root):
-    from loopexpose.io import find_scenes, list_images, read_image, to_tensor
+    from loopexpose.brackets import find_scenes, list_images
+    from loopexpose.io import read_image, to_tensor
 
     scenes = find_scenes(brackets_root / "hdrps")
     assert len(scenes) >= 20
     worst = math.inf
     for scene in scenes:
-        # Fusion does not depend on frame order, so skip io.order_bracket (it decodes every frame once more).
+        # Fusion does not depend on frame order, so skip order_bracket (it decodes every frame once more).
         bracket = torch.stack([to_tensor(read_image(path).pixels) for path in list_images(scene)])
         value = psnr(fuse(bracket, "opencv"), opencv_fuse(bracket, "opencv"))
         assert value >= 45, scene.name

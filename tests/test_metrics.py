@@ -124,7 +124,7 @@ def test_mef_ssim_is_fast_on_a_0_2_megapixel_bracket():
 @pytest.mark.data
 def test_mef_ssim_orders_real_bracket(brackets_root):
     from loopexpose.evaluate import load_window
-    from loopexpose.io import order_bracket
+    from loopexpose.brackets import order_bracket
 
     bracket = order_bracket(brackets_root / "hdrps" / "507")
     frames, _, _ = load_window(bracket, max_side=256)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from loopexpose import io, synth
+from loopexpose import brackets, io, synth
 from loopexpose.cli import app
 from loopexpose.errors import LoopExposeError
 
@@ -56,7 +56,7 @@ def _photos(folder, names=("astronaut", "coffee", "chelsea"), side=96):
 
 
 def _lumas(scene):
-    return [float(io.luma(io.read_image(p).pixels).mean()) for p in io.order_bracket(scene).paths]
+    return [float(io.luma(io.read_image(p).pixels).mean()) for p in brackets.order_bracket(scene).paths]
 
 
 # ----------------------------------------------------------------------------------------- names and EVs
@@ -65,7 +65,7 @@ def _lumas(scene):
 @pytest.mark.parametrize("ev", [-3, -2, -1.5, -1, -0.5, 0, 0.33, 1, 1.5, 2, 3])
 def test_ev_tag_round_trips_through_io(ev):
     name = synth.frame_name("IMG_0042", ev)
-    assert io.ev_from_filename(name) == pytest.approx(ev)
+    assert brackets.ev_from_filename(name) == pytest.approx(ev)
 
 
 def test_ev_tags_are_msec_style():
@@ -120,7 +120,7 @@ def test_sensor_noise_grows_relative_to_signal_as_exposure_drops():
 
 def test_raw_brackets_brighten_monotonically_with_ev(raw_scene):
     scene, settings = raw_scene
-    bracket = io.order_bracket(scene)
+    bracket = brackets.order_bracket(scene)
     assert bracket.rule == "filename"
     assert [p.name for p in bracket.paths] == [synth.frame_name(scene.name, e) for e in settings.evs]
     assert bracket.evs == pytest.approx([e - settings.evs[0] for e in settings.evs])
@@ -150,10 +150,10 @@ def test_raw_ev0_matches_rawpy_neutral_rendering(raw_scene, raw_path):
 
 def test_raw_scene_loads_as_a_collection_and_sidecar_is_not_an_image(raw_scene):
     scene, settings = raw_scene
-    assert io.find_scenes(scene.parent) == [scene]
+    assert brackets.find_scenes(scene.parent) == [scene]
     assert (scene / synth.SIDECAR_NAME).is_file()
-    assert all(p.suffix == ".png" for p in io.list_images(scene))
-    assert io.load_bracket(scene, max_side=96).shape == (len(settings.evs), 3, 64, 96)
+    assert all(p.suffix == ".png" for p in brackets.list_images(scene))
+    assert brackets.load_bracket(scene, max_side=96).shape == (len(settings.evs), 3, 64, 96)
     record = json.loads((scene / synth.SIDECAR_NAME).read_text())
     assert record["complete"] is True and record["synthetic"] is False and record["kind"] == "raw"
     assert record["evs"] == settings.evs and record["settings"]["curve"] == "srgb"
@@ -171,7 +171,7 @@ def test_raw_is_resumable_and_rerenders_when_settings_change(raw_path, tmp_path)
     assert synth.prepare_raw_scene(raw_path, scene, settings).status == "done"
     changed = synth.RenderSettings(evs=[-2, 0, 2], half_size=True)
     assert synth.prepare_raw_scene(raw_path, scene, changed).status == "done"
-    assert sorted(p.name for p in io.list_images(scene)) == ["scene_0.png", "scene_N2.png", "scene_P2.png"]
+    assert sorted(p.name for p in brackets.list_images(scene)) == ["scene_0.png", "scene_N2.png", "scene_P2.png"]
 
 
 def test_bad_raw_fails_in_one_line_without_output(tmp_path):
@@ -195,7 +195,8 @@ def test_cli_raw_batch_continues_after_a_bad_file(raw_path, tmp_path):
     assert result.exit_code == 1
     assert "bad.CR2" in result.output
     scene = out / raw_path.stem
-    assert sorted(p.name for p in io.list_images(scene)) == sorted(synth.frame_name(scene.name, e) for e in (-1, 0, 1))
+    expected = sorted(synth.frame_name(scene.name, e) for e in (-1, 0, 1))
+    assert sorted(p.name for p in brackets.list_images(scene)) == expected
     assert synth.read_sidecar(scene)["settings"]["half_size"] is True
     (raws / "bad.CR2").unlink()
     again = runner.invoke(app, args)
@@ -219,7 +220,7 @@ def test_srgb_brackets_are_monotone_and_clip_more_as_ev_rises(tmp_path):
         assert record["synthetic"] is True and record["kind"] == "srgb"
         ev0 = io.read_image(scene / f"{path.stem}_0.png").pixels
         assert np.abs(ev0 - io.read_image(path).pixels).max() <= 1 / 255 + 1e-6  # EV 0 reproduces the photo
-    assert len(io.find_scenes(tmp_path / "out")) == len(paths)
+    assert len(brackets.find_scenes(tmp_path / "out")) == len(paths)
 
 
 def test_srgb_degradations_noise_and_jpeg(tmp_path):
@@ -228,8 +229,8 @@ def test_srgb_degradations_noise_and_jpeg(tmp_path):
     noisy = synth.RenderSettings(evs=[-2, 0], format="jpg", quality=70, noise={"full_well": 500.0, "read_noise": 4.0})
     assert synth.prepare_srgb_scene(path, tmp_path / "clean", clean).status == "done"
     assert synth.prepare_srgb_scene(path, tmp_path / "noisy", noisy).status == "done"
-    assert sorted(p.name for p in io.list_images(tmp_path / "noisy")) == ["noisy_0.jpg", "noisy_N2.jpg"]
-    assert io.order_bracket(tmp_path / "noisy").rule == "filename"
+    assert sorted(p.name for p in brackets.list_images(tmp_path / "noisy")) == ["noisy_0.jpg", "noisy_N2.jpg"]
+    assert brackets.order_bracket(tmp_path / "noisy").rule == "filename"
     def pixels(scene, tag, suffix):
         return io.read_image(tmp_path / scene / f"{scene}{tag}{suffix}").pixels
 
@@ -248,8 +249,8 @@ def test_unreadable_photo_fails_and_the_cli_pool_carries_on(tmp_path):
     result = runner.invoke(app, ["prepare", "srgb", str(photos), "-o", str(out), "--preset", "radiometry", "-w", "2"])
     assert result.exit_code == 1, result.output
     assert "broken.jpg" in result.output and "2 scene(s) written" in result.output
-    assert sorted(p.name for p in io.find_scenes(out)) == ["astronaut", "coffee"]
-    assert len(io.list_images(out / "coffee")) == 7
+    assert sorted(p.name for p in brackets.find_scenes(out)) == ["astronaut", "coffee"]
+    assert len(brackets.list_images(out / "coffee")) == 7
 
 
 def test_cli_rejects_bad_options(tmp_path):
@@ -288,13 +289,13 @@ def test_msec_regrouping_into_scene_folders(tmp_path):
     result = runner.invoke(app, ["prepare", "msec", str(root), "-o", str(out), "--link", "hardlink"])
     assert result.exit_code == 0, result.output
     training = out / "training"
-    assert [p.name for p in io.find_scenes(training)] == ["a0001-jmac_DSC1459", "a0002-dgw_137", "a0003-lonely"]
+    assert [p.name for p in brackets.find_scenes(training)] == ["a0001-jmac_DSC1459", "a0002-dgw_137", "a0003-lonely"]
     for name in ("a0001-jmac_DSC1459", "a0002-dgw_137"):
         scene = training / name
-        bracket = io.order_bracket(scene)
+        bracket = brackets.order_bracket(scene)
         assert bracket.rule == "filename"
         assert [p.name for p in bracket.paths] == [synth.frame_name(name, e, ".JPG") for e in synth.PRESETS["msec"]]
-        assert io.load_bracket(bracket).shape == (5, 3, 12, 16)
+        assert brackets.load_bracket(bracket).shape == (5, 3, 12, 16)
         record = synth.read_sidecar(scene)
         assert record["ground_truth"] == {"expert_c": "ground_truth/expert_c.jpg"}
         assert record["protocols"] == ["paired", "bracket-5"] and record["split"] == "training"
@@ -318,7 +319,8 @@ def test_reference_brackets_for_training(tmp_path):
     import cv2
 
     from conftest import synthetic_bracket
-    from loopexpose.io import order_bracket, read_image, write_image
+    from loopexpose.brackets import order_bracket
+    from loopexpose.io import read_image, write_image
 
     scenes = []
     for index in range(2):

@@ -42,7 +42,7 @@ def fuse(
               (8-bit modes, 16-bit grey ``I;16``), all of one size and one dtype, in any order of exposure
               (fusion does not depend on the order); :mod:`loopexpose.inputs` has the whole contract;
             - a scene folder, or a sequence of image file paths of one scene (read with
-              :func:`loopexpose.io.load_bracket`, ordered darkest first).
+              :func:`loopexpose.brackets.load_bracket`, ordered darkest first).
         model: ``None`` (no correction), a model from :func:`loopexpose.load`, a bundled model name or a
             ``.safetensors`` path (loaded on ``device``), or any callable mapping ``(N, 3, H, W)`` frames in
             ``[0, 1]`` to corrected frames of the same shape.
@@ -111,7 +111,7 @@ def _corrector(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
 def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None]:
     """``(kind, (N, 3, H, W) float tensor in [0, 1], given)`` from any input :func:`fuse` accepts; ``given``
     (:mod:`loopexpose.inputs`) says how to hand the result back (``None`` for files)."""
-    from loopexpose import io
+    from loopexpose import brackets
 
     if isinstance(frames, torch.Tensor):
         if frames.ndim not in (4, 5) or frames.shape[-3] != 3:
@@ -119,7 +119,7 @@ def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None]:
         tensor, given = as_pixels(frames, "fuse")
         return "tensor", tensor, given
     if isinstance(frames, (str, os.PathLike)):
-        return "files", io.load_bracket(Path(frames)), None
+        return "files", brackets.load_bracket(Path(frames)), None
     if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes, np.ndarray)) or len(frames) == 0:
         raise LoopExposeError(
             "frames must be a tensor (N, 3, H, W), a list of arrays, PIL images or files, or a scene folder"
@@ -127,7 +127,7 @@ def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None]:
     first = frames[0]
     if isinstance(first, (str, os.PathLike)):
         paths = [Path(p) for p in frames]
-        return "files", io.load_bracket(io.order_bracket(paths[0].parent, paths)), None
+        return "files", brackets.load_bracket(brackets.order_bracket(paths[0].parent, paths)), None
     arrays, given = as_frame_pixels(frames, "fuse")
     if given.kind == "pil":  # a fused image has no alpha: RGBA frames give RGB, LA frames L
         given = replace(given, alpha=None)

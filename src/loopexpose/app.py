@@ -308,10 +308,11 @@ class WebDemo:
         with the inputs (the LoopExpose MEF result, :func:`loopexpose.fusion.loop_fuse`).
 
         The frames are copied under sanitised names into a fresh scene folder and ordered by
-        :func:`loopexpose.io.order_bracket` (EXIF, EV tags in the names, else luminance).
+        :func:`loopexpose.brackets.order_bracket` (EXIF, EV tags in the names, else luminance).
         """
         from loopexpose import fusion
-        from loopexpose.io import load_bracket, order_bracket, to_numpy, write_image
+        from loopexpose.brackets import load_bracket, order_bracket
+        from loopexpose.io import to_numpy, write_image
 
         uploads = list(uploads or [])
         if not 2 <= len(uploads) <= self.limits.max_frames:

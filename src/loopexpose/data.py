@@ -1,8 +1,8 @@
 """Exposure-bracket datasets for training and evaluation.
 
-Scenes are found with :func:`loopexpose.io.find_scenes` under one or more roots (a scene, a collection of scenes
+Scenes are found with :func:`loopexpose.brackets.find_scenes` under one or more roots (a scene, a collection of scenes
 or a folder of collections such as ``../shared/data/brackets``) and ordered darkest first with
-:func:`loopexpose.io.order_bracket`. A scene is known by its key ``"collection/scene"`` (folder names).
+:func:`loopexpose.brackets.order_bracket`. A scene is known by its key ``"collection/scene"`` (folder names).
 
 * :func:`scan_brackets` finds and orders every scene under some roots.
 * :func:`split_scenes` splits them into train and validation, deterministically, by scene: a scene goes to
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import REFERENCE_LUMA, Bracket, find_scenes, load_bracket, order_bracket
+from loopexpose.brackets import Bracket, find_scenes, load_bracket, order_bracket
+from loopexpose.io import REFERENCE_LUMA
 
 PathLike = str | os.PathLike
 
@@ -408,8 +409,8 @@ class ValidationBracket:
         evs: ``(N,)`` stops relative to the first frame, or ``None`` when ordered by luminance.
         mean_luma: ``(N,)`` mean luma of each frame in ``[0, 1]``.
         scene: ``"collection/scene"``.
-        rule: the ordering rule (see :func:`loopexpose.io.order_bracket`).
-        bracket: the underlying :class:`~loopexpose.io.Bracket` (file paths).
+        rule: the ordering rule (see :func:`loopexpose.brackets.order_bracket`).
+        bracket: the underlying :class:`~loopexpose.brackets.Bracket` (file paths).
     """
 
     frames: torch.Tensor

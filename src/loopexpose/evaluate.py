@@ -42,18 +42,8 @@ import torch
 
 from loopexpose import baselines, metrics
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import (
-    REFERENCE_LUMA,
-    Bracket,
-    atomic_write_bytes,
-    ev_from_filename,
-    list_images,
-    load_bracket,
-    order_bracket,
-    read_image,
-    to_tensor,
-    write_image,
-)
+from loopexpose.brackets import Bracket, ev_from_filename, list_images, load_bracket, order_bracket
+from loopexpose.io import REFERENCE_LUMA, atomic_write_bytes, read_image, to_tensor, write_image
 
 __all__ = [
     "WINDOW",
@@ -371,7 +361,7 @@ def evaluate_bracket5(
     """The ``bracket-5`` protocol (see the module docstring) over some scenes; pure apart from the file reads.
 
     Args:
-        scenes: :class:`~loopexpose.io.Bracket` objects or scene folders (ordered with ``order_bracket``).
+        scenes: :class:`~loopexpose.brackets.Bracket` objects or scene folders (ordered with ``order_bracket``).
             Scenes of one frame are skipped.
         methods: from :func:`build_methods`.
         max_side: frames are downscaled (area filter) so the long side is at most this (0: full size).

@@ -1,23 +1,9 @@
-"""Reading and writing photos, and finding and ordering exposure brackets.
+"""Reading and writing photos: codecs, EXIF and ICC metadata, pixel limits, array/tensor conversion.
 
 Pixels travel as ``float32`` numpy arrays shaped ``(H, W, 3)`` in ``[0, 1]`` (RGB, EXIF orientation applied) or
 as tensors shaped ``(*, 3, H, W)``. Metadata (EXIF with the orientation reset, ICC profile, bit depth) rides
-along in :class:`Photo` so that a corrected image can be written back with it.
-
-A *scene* is a folder of images of one static scene taken at different exposures; a *collection* is a folder of
-scene folders. :func:`order_bracket` orders a scene's frames from dark to bright by, in turn:
-
-1. EXIF exposure (exposure time x ISO / f-number^2, as EV) when every frame has it;
-2. a ``shutter_times.txt`` sidecar in the scene folder, or next to a lone scene folder (one exposure time in
-   seconds per line, in file-name order, or ``name time`` pairs);
-3. EV tags in the file names when every frame has a distinct one (MSEC ``_N1.5 _N1 _0 _P1 _P1.5``,
-   ``under/normal/over``, ``short/medium/long``, ``m2/zero/p2``, ``EV-2 .. EV+2``);
-4. mean luminance (cheap: JPEGs decoded at reduced scale, results cached).
-
-The rule used is reported in :attr:`Bracket.rule` (and by ``loopexpose scenes``).
-
-Frames of one scene with different sizes: a frame whose aspect ratio is within 2% of the first (darkest)
-frame's is resized to it with a warning (cameras and converters crop a few pixels); anything else is an error.
+along in :class:`Photo` so that a corrected image can be written back with it. Finding, ordering and grouping
+exposure brackets lives in :mod:`loopexpose.brackets`.
 
 Formats: JPEG, PNG and TIFF, 8 or 16 bit, grey, grey+alpha, RGB, RGBA, CMYK or palette (alpha dropped), and
 float TIFF (16, 32 or 64 bit, clipped to ``[0, 1]``); EXIF orientation applied on read. Signed-integer and 32-bit
@@ -37,7 +23,6 @@ tifffile (ICC, IFD0 text tags such as Make/Model/DateTime, and the Exif sub-IFD;
 from __future__ import annotations
 
 import contextlib
-import functools
 import io as _io
 import logging
 import math
@@ -49,7 +34,7 @@ import tempfile
 import threading
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +57,6 @@ RAW_SUFFIXES = {
 INPUT_SUFFIXES = IMAGE_SUFFIXES | RAW_SUFFIXES
 _EXIF_IFD = 0x8769
 _ORIENTATION = 0x0112
-_EXPOSURE_TIME, _F_NUMBER, _ISO = 0x829A, 0x829D, 0x8827
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # Rec. 601, as in JPEG and OpenCV's RGB2GRAY
 
 # Pillow warns above 89.5 MP and refuses above twice that; we take its refusal size as our default limit, with
@@ -231,6 +215,19 @@ def read_image(path: str | os.PathLike) -> Photo:
     """
     pixels, bit_depth, exif, icc = _decode(Path(path))
     return Photo(pixels=_to_float(pixels), path=Path(path), bit_depth=bit_depth, exif=exif, icc=icc)
+
+
+def read_pixels(path: str | os.PathLike, max_side: int = 0) -> np.ndarray:
+    """The pixels of an image file alone: ``(H, W, 3)`` float32 RGB in ``[0, 1]``, upright.
+
+    Args:
+        max_side: if > 0, the long side is at most this (area filter; JPEGs are decoded at a reduced DCT scale
+            first when that still leaves at least ``max_side``, which is much faster on large photos).
+
+    Raises:
+        LoopExposeError: as :func:`read_image`.
+    """
+    return _to_float(_decode(Path(path), max_side)[0])
 
 
 def image_size(path: str | os.PathLike, name: object = None) -> tuple[int, int]:
@@ -696,364 +693,3 @@ def estimate_exposure(pixels: np.ndarray) -> tuple[float, float]:
     ev = math.log2(max(linear, 1e-6) / REFERENCE_LUMA**2.2)
     return round(mean_luma, 4), round(ev, 3) + 0.0  # + 0.0: no "-0.0"
 
-
-# --------------------------------------------------------------------------------------------- brackets
-RULES = ("exif", "shutter_times", "filename", "luminance", "single")
-
-
-@dataclass
-class Bracket:
-    """A scene's frames in exposure order (darkest first).
-
-    Attributes:
-        scene: the scene folder.
-        paths: frame files, darkest first.
-        evs: exposure of each frame in stops relative to the first (so ``evs[0] == 0``), or ``None`` when the
-            order comes from luminance alone. Named levels (``under/normal/over``) count as 1 stop apart.
-        rule: how the order was found, one of :data:`RULES`: ``"exif"``, ``"shutter_times"``, ``"filename"``,
-            ``"luminance"`` or ``"single"`` (one frame).
-        mean_luma: mean Rec. 601 luma of each frame in ``[0, 1]`` (same order as ``paths``).
-        note: why a metadata rule was not used, or where its order disagrees with the frames' luminance.
-    """
-
-    scene: Path
-    paths: list[Path]
-    evs: list[float] | None
-    rule: str
-    mean_luma: list[float] = field(default_factory=list)
-    note: str = ""
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def name(self) -> str:
-        """The scene folder's name."""
-        return self.scene.name
-
-    @property
-    def collection(self) -> str:
-        """The name of the folder holding the scene (its collection)."""
-        return self.scene.parent.name
-
-    def reference_index(self, target: float = REFERENCE_LUMA) -> int:
-        """Index of the frame whose mean luma is nearest ``target`` (in ``[0, 1]``; default 118/255)."""
-        return int(np.argmin([abs(value - target) for value in self.mean_luma]))
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder`` (by suffix; hidden files skipped), sorted by name.
-
-    Raises:
-        LoopExposeError: ``folder`` is missing or is not a folder.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise LoopExposeError("no such folder", folder)
-    if not folder.is_dir():
-        raise LoopExposeError("not a folder", folder)
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith(".")
-    )
-
-
-def find_scenes(root: str | os.PathLike, max_depth: int = 3) -> list[Path]:
-    """Scene folders under ``root``, sorted: ``root`` itself if it holds images, else the folders below it that do.
-
-    A folder holding images is a scene and is not searched further, so ``root`` may be a scene, a collection
-    (folder of scenes) or a folder of collections (``max_depth`` levels down at most).
-
-    Raises:
-        LoopExposeError: ``root`` is missing, not a folder, or holds no images at all.
-    """
-    root = Path(root)
-    if list_images(root):
-        return [root]
-    scenes = _scene_folders(root, max_depth)
-    if not scenes:
-        raise LoopExposeError("no images found (expected a scene folder or a folder of scene folders)", root)
-    return scenes
-
-
-def _scene_folders(folder: Path, depth: int) -> list[Path]:
-    found: list[Path] = []
-    if depth <= 0:
-        return found
-    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found.extend([child] if list_images(child) else _scene_folders(child, depth - 1))
-    return found
-
-
-_NAMED_EV = {
-    "underexposed": -1.0, "under": -1.0, "dark": -1.0, "short": -1.0, "low": -1.0,
-    "normal": 0.0, "mean": 0.0, "medium": 0.0, "mid": 0.0, "zero": 0.0,
-    "overexposed": 1.0, "over": 1.0, "bright": 1.0, "long": 1.0, "high": 1.0,
-}  # fmt: skip
-_NUMBER = r"(\d+(?:\.\d+)?)"
-_FILENAME_PATTERNS = (  # (pattern, how to turn its groups into an EV), tried in order on the lower-case stem
-    (re.compile(r"_([np])" + _NUMBER + r"$"), lambda s, v: -float(v) if s == "n" else float(v)),  # MSEC _N1.5
-    (re.compile(r"_(0)$"), lambda _: 0.0),  # MSEC _0
-    (re.compile(r"ev\s*([+-]?)" + _NUMBER + r"(?![\d.])"), lambda s, v: -float(v) if s == "-" else float(v)),
-    (re.compile(r"(?<![a-z0-9.])([mp+-]?)" + _NUMBER + r"\s*ev(?![a-z])"), lambda s, v: _signed(s, v)),  # m1EV
-    (re.compile(r"(?<![a-z0-9])([mp])" + _NUMBER + r"(?![a-z0-9])"), lambda s, v: _signed(s, v)),  # (m2), _p1
-    (re.compile(r"\(\s*(0)\s*\)"), lambda _: 0.0),  # img3(0)
-    (re.compile(r"(?<![a-z])(" + "|".join(sorted(_NAMED_EV, key=len, reverse=True)) + r")(?![a-z])"),
-     lambda word: _NAMED_EV[word]),
-)  # fmt: skip
-
-
-def _signed(sign: str, value: str) -> float:
-    return -float(value) if sign in ("m", "-") else float(value)
-
-
-def ev_from_filename(name: str) -> float | None:
-    """The EV offset a file name announces, or ``None``.
-
-    Understood: MSEC ``a_N1.5.jpg`` -> -1.5, ``a_0.jpg`` -> 0, ``a_P1.jpg`` -> 1; ``StudioEV-2.png`` -> -2,
-    ``Img_EV4.jpg`` -> 4; ``x_m1EV.JPG`` -> -1; ``img2(m2).JPG`` -> -2, ``img6(p2)`` -> 2, ``img3(0)`` -> 0;
-    words ``under/dark/short`` -> -1, ``normal/mean/medium/zero`` -> 0, ``over/bright/long`` -> +1 (ordinal
-    levels, counted as 1 stop apart). Repeated image suffixes (``a.JPG.jpg``) are ignored.
-
-    >>> [ev_from_filename(n) for n in ("a_N1.5.jpg", "StudioEV+2.png", "img2(m2).JPG.jpg", "sky_over.png")]
-    [-1.5, 2.0, -2.0, 1.0]
-    >>> ev_from_filename("_MDF0001.png") is None
-    True
-    """
-    stem = Path(name).name
-    while Path(stem).suffix.lower() in INPUT_SUFFIXES:
-        stem = Path(stem).stem
-    is_msec = bool(re.search(r"_[NP]\d+(?:\.\d+)?$|_0$", stem))  # MSEC tags are upper case
-    lower = stem.lower()
-    for index, (pattern, convert) in enumerate(_FILENAME_PATTERNS):
-        if index == 0 and not is_msec:
-            continue
-        match = pattern.search(lower)
-        if match:
-            return float(convert(*match.groups()))
-    return None
-
-
-def exif_ev(path: str | os.PathLike) -> float | None:
-    """Exposure of a file from EXIF as log2(time x ISO/100 / f-number^2) (larger is brighter), or ``None``.
-
-    A missing f-number counts as f/1 and a missing ISO as 100; a missing exposure time gives ``None``.
-    """
-    try:
-        with open_pil(path, path) as image:
-            return _exif_ev_of(image.getexif())
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, LoopExposeError):
-        return None
-
-
-def _exif_ev_of(exif: Image.Exif) -> float | None:
-    try:
-        sub = exif.get_ifd(_EXIF_IFD)
-        time, f_number, iso = sub.get(_EXPOSURE_TIME), sub.get(_F_NUMBER), sub.get(_ISO)
-        time = float(time)
-        f_number = float(f_number) if f_number else 1.0
-        iso = float(iso[0] if isinstance(iso, tuple) else iso) if iso else 100.0
-    except (TypeError, ValueError, ZeroDivisionError, KeyError, OSError):
-        return None
-    if not (time > 0 and f_number > 0 and iso > 0) or not math.isfinite(time):
-        return None
-    return math.log2(time * iso / 100.0 / f_number**2)
-
-
-def _sidecar_times(scene: Path, paths: list[Path]) -> list[float] | None:
-    """Exposure times from ``shutter_times.txt`` in the scene folder or, for a lone scene, in its parent.
-
-    The file holds one time per line (seconds, ``1/250`` allowed) in file-name order, or ``name time`` pairs.
-    """
-    sidecar = scene / "shutter_times.txt"
-    in_scene = sidecar.is_file()
-    if not in_scene:
-        sidecar = scene.parent / "shutter_times.txt"
-        if not sidecar.is_file():
-            return None
-    rows = [line.split() for line in sidecar.read_text(errors="replace").splitlines()]
-    rows = [row for row in rows if row and not row[0].startswith("#")]
-    names = sorted(paths)
-    try:
-        if rows and all(len(r) == 2 for r in rows):
-            table = {name: _parse_time(t) for name, t in rows}
-            if in_scene or all(p.name in table for p in paths):
-                return [table[p.name] for p in paths]
-        lone = in_scene or sum(1 for p in scene.parent.iterdir() if p.is_dir() and not p.name.startswith(".")) == 1
-        if lone and len(rows) == len(paths) and all(len(r) == 1 for r in rows):
-            by_name = {p: _parse_time(r[0]) for p, r in zip(names, rows)}
-            return [by_name[p] for p in paths]
-    except (KeyError, ValueError, ZeroDivisionError):
-        pass
-    if in_scene:
-        raise LoopExposeError("cannot match shutter_times.txt to the scene's images (one time per image)", sidecar)
-    return None
-
-
-def _parse_time(text: str) -> float:
-    if "/" in text:
-        num, den = text.split("/")
-        value = float(num) / float(den)
-    else:
-        value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(text)
-    return value
-
-
-def mean_luma(path: str | os.PathLike) -> float:
-    """Mean Rec. 601 luma of an image file, in ``[0, 1]``.
-
-    Measured cheaply: JPEGs are decoded at reduced scale (DCT scaling, long side >= 256) and results are cached
-    by path, size and modification time, so ordering a collection twice decodes it once.
-
-    Raises:
-        LoopExposeError: the file is missing or not a readable image.
-    """
-    return _measure(Path(path))[0]
-
-
-def _measure(path: Path) -> tuple[float, float | None]:
-    """``(mean luma in [0, 1], EXIF EV or None)`` of one file, cached."""
-    try:
-        stat = path.stat()
-    except OSError:
-        raise LoopExposeError("no such file", path) from None
-    return _measure_cached(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=8192)
-def _measure_cached(path_text: str, mtime_ns: int, size: int) -> tuple[float, float | None]:
-    path = Path(path_text)
-    if path.suffix.lower() in RAW_SUFFIXES:
-        from loopexpose.raw import measure
-
-        return measure(path)
-    ev = None
-    try:
-        with open_pil(path, path) as image:
-            ev = _exif_ev_of(image.getexif())
-            # PIL's fast path is 8-bit only (it clips 16-bit grey); deeper files go through read_image.
-            # (JPEG, PNG and TIFF only: anything else goes to read_image below, which refuses it)
-            if image.format in {"JPEG", "MPO", "PNG", "TIFF"} and image.mode in {"RGB", "RGBA", "L", "LA", "P",
-                                                                                 "PA", "CMYK", "YCbCr", "1"}:
-                if image.format == "JPEG":
-                    scale = 256 / max(image.size)
-                    if scale < 1:
-                        image.draft("RGB", (round(image.width * scale), round(image.height * scale)))
-                grey = np.asarray(image.convert("RGB").convert("L"), dtype=np.float32)
-                if _truncated_jpeg(np.fromfile(path, dtype=np.uint8)[-4096:]) and image.format == "JPEG":
-                    raise OSError("truncated")
-                return float(grey.mean() / 255.0), ev
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        pass  # read_image below gives the user-facing error
-    return float(luma(read_image(path).pixels).mean()), ev
-
-
-def order_bracket(scene: str | os.PathLike, paths: list[Path] | None = None) -> Bracket:
-    """Order a scene's frames from darkest to brightest and say which rule decided.
-
-    Rules, in turn (the first that applies wins):
-
-    1. ``"exif"``: every frame has EXIF exposure time (with ISO and f-number when present), all different;
-    2. ``"shutter_times"``: a ``shutter_times.txt`` sidecar in the scene folder (or, for a lone scene, in the
-       folder above it);
-    3. ``"filename"``: every frame's name carries a distinct EV tag (:func:`ev_from_filename`);
-    4. ``"luminance"``: mean luma of each frame.
-
-    A single frame gives rule ``"single"``. Ties are broken by mean luma. When a metadata rule's order
-    disagrees with the frames' luminance, :attr:`Bracket.note` says so (the metadata order is kept).
-
-    Args:
-        scene: the scene folder.
-        paths: its frames (default: every image in the folder).
-
-    Raises:
-        LoopExposeError: no images, or a frame that cannot be read.
-    """
-    scene = Path(scene)
-    paths = list(paths) if paths is not None else list_images(scene)
-    if not paths:
-        raise LoopExposeError("no images in scene folder", scene)
-    if any(p.suffix.lower() in RAW_SUFFIXES for p in paths):
-        from loopexpose.raw import check_bracket
-
-        check_bracket(paths, scene)  # RAW files beside other images: an error
-    measures = [_measure(p) for p in paths]
-    lumas = [m[0] for m in measures]
-    exposure: list[float] | None = None
-    rule, note = "luminance", ""
-    if len(paths) == 1:
-        exposure, rule = [measures[0][1] or 0.0], "single"
-    if exposure is None:
-        evs = [m[1] for m in measures]
-        if all(e is not None for e in evs) and len(set(evs)) == len(evs):
-            exposure, rule = evs, "exif"
-        elif any(e is not None for e in evs):
-            note = "EXIF exposure incomplete or repeated; "
-    if exposure is None:
-        times = _sidecar_times(scene, paths)
-        if times is not None:
-            exposure, rule = [math.log2(t) for t in times], "shutter_times"
-    if exposure is None:
-        tags = [ev_from_filename(p.name) for p in paths]
-        if all(t is not None for t in tags) and len(set(tags)) == len(tags):
-            exposure, rule = tags, "filename"
-    keys = exposure if exposure is not None else lumas
-    order = sorted(range(len(paths)), key=lambda i: (keys[i], lumas[i]))
-    ordered_lumas = [lumas[i] for i in order]
-    ordered_evs = None
-    if exposure is not None:
-        base = exposure[order[0]]
-        ordered_evs = [float(exposure[i] - base) for i in order]
-        flips = [paths[order[i]].name for i in range(1, len(order)) if ordered_lumas[i] < ordered_lumas[i - 1]]
-        if flips:
-            note += f"luminance disagrees at {', '.join(flips)}; "
-    return Bracket(
-        scene=scene,
-        paths=[paths[i] for i in order],
-        evs=ordered_evs,
-        rule=rule,
-        mean_luma=ordered_lumas,
-        note=note.rstrip("; "),
-    )
-
-
-def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> torch.Tensor:
-    """Load a bracket's frames as one ``(N, 3, H, W)`` tensor in [0, 1], darkest first.
-
-    Args:
-        bracket: a :class:`Bracket` or a scene folder (ordered with :func:`order_bracket`).
-        max_side: if > 0, frames are downscaled (area filter; JPEGs decoded at reduced scale first) so the long
-            side is at most this.
-
-    Frames whose size differs from the first frame's are resized to it with a warning when the aspect ratio
-    agrees within 2%; otherwise :class:`LoopExposeError`.
-    """
-    import torch
-
-    if not isinstance(bracket, Bracket):
-        bracket = order_bracket(bracket)
-    decode = _decode
-    if any(Path(p).suffix.lower() in RAW_SUFFIXES for p in bracket.paths):
-        from loopexpose.raw import bracket_decoder
-
-        decode = bracket_decoder(bracket.paths)  # every frame with one white balance
-    frames = []
-    target: tuple[int, int] | None = None
-    for path in bracket.paths:
-        pixels = _to_float(decode(Path(path), max_side)[0])
-        if target is None:
-            target = pixels.shape[:2]
-        elif pixels.shape[:2] != target:
-            ratio = (pixels.shape[1] / pixels.shape[0]) / (target[1] / target[0])
-            if abs(ratio - 1) > 0.02:
-                raise LoopExposeError(
-                    f"frame is {pixels.shape[1]}x{pixels.shape[0]} but the scene's first frame is "
-                    f"{target[1]}x{target[0]} (different aspect ratio)",
-                    path,
-                )
-            warnings.warn(f"{path}: resized {pixels.shape[1]}x{pixels.shape[0]} to {target[1]}x{target[0]}")
-            pixels = cv2.resize(pixels, (target[1], target[0]), interpolation=cv2.INTER_AREA)
-        frames.append(pixels)
-    # one numpy copy to (N, 3, H, W); torch.stack of permuted views is much slower on a busy CPU
-    return torch.from_numpy(np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)))

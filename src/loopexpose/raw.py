@@ -1,7 +1,7 @@
 """Camera RAW files (rawpy/LibRaw, the optional ``raw`` extra): decoding, rendering and exposure metadata.
 
 ``loopexpose correct`` and ``loopexpose fuse`` read RAW files (:data:`loopexpose.io.RAW_SUFFIXES`) through
-:func:`decode`, which :func:`loopexpose.io.read_image` and :func:`loopexpose.io.load_bracket` call for them, and
+:func:`decode`, which :func:`loopexpose.io.read_image` and :func:`loopexpose.brackets.load_bracket` call for them, and
 ``prepare raw`` renders training brackets from them with :func:`decode_raw`. Every RAW is rendered the same way:
 
 1. LibRaw's linear, demosaiced output in sRGB primaries (``rawpy.postprocess``: no auto-brightness, no tone
@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image, TiffImagePlugin
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import RAW_SUFFIXES, _captured_stderr, _exif_ev_of, check_pixels, luma
+from loopexpose.io import RAW_SUFFIXES, _captured_stderr, check_pixels, luma
 
 if TYPE_CHECKING:
     import torch
@@ -145,8 +145,10 @@ class RawInfo:
 
     @property
     def ev(self) -> float | None:
-        """log2(time x ISO/100 / f-number^2) as :func:`loopexpose.io.exif_ev` computes it for other files (missing
+        """log2(time x ISO/100 / f-number^2) as :func:`loopexpose.brackets.exif_ev` computes it for other files (missing
         f-number: f/1, missing ISO: 100), or ``None`` without an exposure time."""
+        from loopexpose.brackets.discover import _exif_ev_of
+
         return _exif_ev_of(self.exif())
 
 

@@ -7,9 +7,9 @@ goes through the same steps after an inverse sRGB transfer (an approximation: th
 clipping are baked in, so such brackets are labelled *synthetic*).
 
 Every prepared scene is one folder holding the frames, named in the MSEC style that
-:func:`loopexpose.io.ev_from_filename` reads (``<name>_N1.5.png``, ``_N1``, ``_0``, ``_P1``, ``_P1.5``), and a JSON
-sidecar :data:`SIDECAR_NAME`, written last, whose ``"complete": true`` marks a finished scene (so a batch can be
-resumed). A folder of such scenes is a collection that :func:`loopexpose.io.find_scenes` and the trainer read.
+:func:`loopexpose.brackets.ev_from_filename` reads (``<name>_N1.5.png``, ``_N1``, ``_0``, ``_P1``, ``_P1.5``), and a
+JSON sidecar :data:`SIDECAR_NAME`, written last, whose ``"complete": true`` marks a finished scene (so a batch can be
+resumed). A folder of such scenes is a collection that :func:`loopexpose.brackets.find_scenes` and the trainer read.
 
 Pure functions work on tensors shaped ``(*, 3, H, W)``; the ``prepare_*_scene`` functions do one file each (they
 are what ``loopexpose prepare`` runs in a process pool). RAW decoding itself (:func:`decode_raw`, rawpy options,

@@ -28,7 +28,7 @@ def _scan(roots: list[Path], on_error) -> list:
     """:func:`loopexpose.data.scan_brackets`, but a root or scene that cannot be read goes to ``on_error`` and
     the others are kept."""
     from loopexpose.data import scene_key
-    from loopexpose.io import find_scenes, order_bracket
+    from loopexpose.brackets import find_scenes, order_bracket
 
     folders: dict[Path, Path] = {}
     for root in roots:

@@ -5,6 +5,11 @@ frame, an output that cannot be written: read-only folder, full disk, a folder i
 in one line naming it and the problem, and the other scenes go on; a summary line follows, and the exit code is 2
 when any scene failed. Outputs are written to a temporary file and renamed (never half-written, no temporary
 file left), and never overwrite a frame of a scene. Ctrl-C says ``interrupted: N of M done`` and exits with 130.
+
+With ``--group auto`` each folder is a flat folder of shots split into brackets
+(:func:`loopexpose.brackets.group_brackets`): the groups are listed first, every bracket is fused as one scene
+into ``OUT/<its first frame's name>.<format>``, single shots are counted and not fused, unreadable files are
+skipped with a warning, and a group whose frames differ in size fails alone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
+from loopexpose.cli.scenes import GROUP_HELP, check_grouping, group_folders, print_grouping, print_skipped
 from loopexpose.errors import LoopExposeError
 
 FORMATS = ("png", "tif", "jpg")
@@ -26,12 +32,14 @@ FORMATS = ("png", "tif", "jpg")
 
 @dataclass
 class SceneJob:
-    """One scene to fuse and where its result goes; ``error`` set when it cannot be fused at all."""
+    """One scene to fuse and where its result goes; ``error`` set when it cannot be fused at all; ``paths`` the
+    frames of a group (``--group auto``), ``None`` for every image of ``folder``."""
 
     label: str
     folder: Path | None = None
     target: Path | None = None
     error: str = ""
+    paths: list[Path] | None = None
 
 
 def fuse_scene(
@@ -42,8 +50,9 @@ def fuse_scene(
     device: str = "cpu",
     max_side: int = 0,
     corrector: Callable | None = None,
+    paths: list[Path] | None = None,
 ) -> Path:
-    """Load one scene's bracket (ordered by :mod:`loopexpose.io`), fuse it, and write ``target`` atomically.
+    """Load one scene's bracket (ordered by :mod:`loopexpose.brackets`), fuse it, and write ``target`` atomically.
 
     Args:
         scene: a folder of one bracket's frames.
@@ -55,18 +64,20 @@ def fuse_scene(
         corrector: an exposure-correction model (``(N, 3, H, W) -> (N, 3, H, W)``); with one, the result is the
             LoopExpose MEF (:func:`loopexpose.fusion.loop_fuse` of the inputs and the corrected frames) and
             ``preset`` is not used.
+        paths: the frames to fuse (a group found by ``--group auto``); default: every image in ``scene``.
 
     Raises:
         LoopExposeError: the scene cannot be read or the output cannot be written.
     """
     from loopexpose import io
     from loopexpose.api import fuse as fuse_frames
+    from loopexpose.brackets import load_bracket, order_bracket
 
-    bracket = io.order_bracket(scene)
+    bracket = order_bracket(scene, paths)
     inputs = {path.resolve() for path in bracket.paths}
     if target.resolve() in inputs:
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
-    frames = io.load_bracket(bracket, max_side=max_side).to(device)
+    frames = load_bracket(bracket, max_side=max_side).to(device)
     fused = fuse_frames(frames, model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
     raw = bracket.paths[0].suffix.lower() in io.RAW_SUFFIXES  # a bracket is all RAW or none (order_bracket)
     if bits is None:
@@ -97,12 +108,15 @@ def fuse(
         "(the LoopExpose MEF result: tone from the corrected frames, detail from the inputs).",
     ),
     model: str = typer.Option("default", help="With --correct: bundled model name or a .safetensors checkpoint."),
+    group: str = typer.Option("folder", "--group", help=GROUP_HELP + " With auto, each bracket is written to "
+                              "OUT/<its first frame's name>.<format>."),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
 
-    Frames are ordered by loopexpose.io (EXIF, shutter_times.txt, file-name EV tags, else luminance). Camera RAW
-    brackets (rawpy, the raw extra) are rendered with one white balance and the sRGB curve, and written 16-bit.
+    Frames are ordered by loopexpose.brackets (EXIF, shutter_times.txt, file-name EV tags, else luminance).
+    With --group auto, a flat folder of many shots is first split into brackets (see `loopexpose scenes`). Camera
+    RAW brackets (rawpy, the raw extra) are rendered with one white balance and the sRGB curve, and written 16-bit.
 
     A scene that cannot be fused is reported in one line and the others go on; the exit code is then 2.
     Ctrl-C: "interrupted: N of M done", exit 130.
@@ -111,6 +125,7 @@ def fuse(
     from loopexpose.io import set_max_pixels
 
     set_max_pixels(max_pixels)
+    check_grouping(group)
 
     if preset not in fusion.PRESETS:
         raise LoopExposeError(f"--preset must be one of {', '.join(sorted(fusion.PRESETS))}, got {preset!r}")
@@ -131,9 +146,13 @@ def fuse(
         from loopexpose.models import load
 
         corrector = load(model, device).correct
-    jobs = plan_scenes(scenes, out, format)
-
     console = Console(stderr=True)
+    singles = 0
+    if group == "auto":
+        jobs, singles = plan_groups(scenes, out, format, console)
+    else:
+        jobs = plan_scenes(scenes, out, format)
+
     counts = {"written": 0, "skipped": 0, "failed": 0}
     try:
         with Progress(
@@ -149,7 +168,7 @@ def fuse(
                     if not job.error:
                         try:
                             fuse_scene(job.folder, job.target, preset=preset, bits=out_bits, device=device,
-                                       max_side=max_side, corrector=corrector)  # fmt: skip
+                                       max_side=max_side, corrector=corrector, paths=job.paths)  # fmt: skip
                         except LoopExposeError as exc:
                             job.error = str(exc)
                         except OSError as exc:  # read-only folder, full disk, a folder in the output's place
@@ -164,8 +183,9 @@ def fuse(
         print_error(f"{sum(counts.values())} of {len(jobs)} done", console, label="interrupted")
         raise typer.Exit(130) from None
     finally:
-        summary = f"fused {counts['written']} scene(s) into {out}"
+        summary = f"fused {counts['written']} {'bracket' if group == 'auto' else 'scene'}(s) into {out}"
         summary += f", skipped {counts['skipped']} existing" if counts["skipped"] else ""
+        summary += f", {singles} single shot(s) not fused" if singles else ""
         failed = f", [bold red]{counts['failed']} failed[/]" if counts["failed"] else ""
         console.print(escape(summary) + failed, highlight=False)
     if counts["failed"]:
@@ -173,38 +193,86 @@ def fuse(
 
 
 def plan_scenes(paths: list[Path], out: Path, format: str) -> list[SceneJob]:
-    """One job per scene found under ``paths`` (:func:`loopexpose.io.find_scenes`), each with its output
+    """One job per scene found under ``paths`` (:func:`loopexpose.brackets.find_scenes`), each with its output
     ``OUT/<scene name>.<format>``; a path that holds no scene, or a scene whose output another scene already
     claims, becomes a job with an error (the others go on)."""
-    from loopexpose.io import find_scenes
-
     jobs: list[SceneJob] = []
     claimed: dict[Path, Path] = {}
+    for folder in _find_folders(paths):
+        if isinstance(folder, SceneJob):
+            jobs.append(folder)
+            continue
+        job = SceneJob(label=folder.name, folder=folder, target=out / f"{folder.name}.{format}")
+        jobs.append(_claim(job, folder, claimed))
+    return jobs
+
+
+def plan_groups(paths: list[Path], out: Path, format: str, console: Console) -> tuple[list[SceneJob], int]:
+    """``--group auto``: one job per bracket found in the folders under ``paths``
+    (:func:`loopexpose.brackets.group_brackets`), each with its output ``OUT/<first frame's name>.<format>``,
+    and the number of single shots (not fused). The groups of each folder and every file skipped are printed on
+    ``console`` first; a folder that cannot be grouped, and a group that cannot be fused (frames of different
+    sizes), become jobs with an error (the others go on)."""
+    found = _find_folders(paths)
+    groupings = iter(group_folders([item for item in found if isinstance(item, Path)], console))
+    jobs: list[SceneJob] = []
+    claimed: dict[Path, Path] = {}
+    singles = 0
+    for item in found:
+        if isinstance(item, SceneJob):  # a path that holds no images
+            jobs.append(item)
+            continue
+        grouping = next(groupings)
+        if isinstance(grouping, LoopExposeError):
+            jobs.append(SceneJob(label=item.name, error=str(grouping)))
+            continue
+        print_skipped(grouping, console)
+        print_grouping(console, grouping, files=False)
+        singles += len(grouping.singles)
+        for group in grouping.brackets:
+            job = SceneJob(label=group.name, folder=grouping.folder, target=out / f"{group.name}.{format}",
+                           paths=group.paths)  # fmt: skip
+            if group.error:
+                job.error = f"{group.paths[0]}: group {group.name} ({len(group)} frames): {group.error}"
+            jobs.append(_claim(job, group.paths[0], claimed))
+    return jobs, singles
+
+
+def _find_folders(paths: list[Path]) -> list[Path | SceneJob]:
+    """The scene folders under ``paths`` in order (:func:`loopexpose.brackets.find_scenes`, each once), with a
+    job holding the error in the place of every path that holds none."""
+    from loopexpose.brackets import find_scenes
+
+    found: list[Path | SceneJob] = []
     seen: set[Path] = set()
     for path in paths:
         try:
             folders = find_scenes(path)
         except LoopExposeError as exc:
-            jobs.append(SceneJob(label=str(path), error=str(exc)))
+            found.append(SceneJob(label=str(path), error=str(exc)))
             continue
         except OSError as exc:  # e.g. a folder that cannot be listed
-            jobs.append(SceneJob(label=str(path), error=f"{path}: {exc.strerror or exc}"))
+            found.append(SceneJob(label=str(path), error=f"{path}: {exc.strerror or exc}"))
             continue
         for folder in folders:
-            if folder.resolve() in seen:
-                continue
-            seen.add(folder.resolve())
-            target = out / f"{folder.name}.{format}"
-            job = SceneJob(label=folder.name, folder=folder, target=target)
-            if target in claimed:
-                job.error = (f"{folder}: output {target} is also the output of {claimed[target]} (two scenes named "
-                             f"{folder.name!r}); fuse them into different --out folders")  # fmt: skip
-            elif target.is_dir():
-                job.error = f"{folder}: output {target} is a folder"
-            else:
-                claimed[target] = folder
-            jobs.append(job)
-    return jobs
+            if folder.resolve() not in seen:
+                seen.add(folder.resolve())
+                found.append(folder)
+    return found
+
+
+def _claim(job: SceneJob, source: Path, claimed: dict[Path, Path]) -> SceneJob:
+    """Give ``job`` its target unless another job already writes there or a folder is in its place."""
+    if job.error:
+        return job
+    if job.target in claimed:
+        job.error = (f"{source}: output {job.target} is also the output of {claimed[job.target]} (two scenes named "
+                     f"{job.label!r}); fuse them into different --out folders")  # fmt: skip
+    elif job.target.is_dir():
+        job.error = f"{source}: output {job.target} is a folder"
+    else:
+        claimed[job.target] = source
+    return job
 
 
 def _device(name: str) -> str:

@@ -199,7 +199,8 @@ def prepare_srgb(
 ) -> None:
     """Render SYNTHETIC brackets from ordinary sRGB photos: inverse sRGB, x 2^EV, clip, re-encode."""
     from loopexpose import synth
-    from loopexpose.io import RAW_SUFFIXES, list_images, set_max_pixels
+    from loopexpose.brackets import list_images
+    from loopexpose.io import RAW_SUFFIXES, set_max_pixels
 
     set_max_pixels(max_pixels)
     if jpeg < 0 or jpeg > 100:

@@ -1,5 +1,8 @@
 """``loopexpose scenes PATH...``: the scenes found under some folders, how their frames were ordered, and why.
 
+With ``--group auto`` every folder is a flat folder of shots split into brackets and single shots
+(:func:`loopexpose.brackets.group_brackets`), and the groups are listed with the rule that started each one.
+
 A path or scene that cannot be read is reported in one line and the others are still listed; the exit code is
 then 2. Reads only file headers and small thumbnails, and never imports torch.
 """
@@ -17,6 +20,13 @@ from rich.table import Table
 from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
 from loopexpose.errors import LoopExposeError
 
+GROUPINGS = ("folder", "auto")
+GROUP_HELP = (
+    "How frames make brackets: 'folder' (every folder holding images is one bracket) or 'auto' (every folder is "
+    "a flat folder of shots, split into AEB brackets by EXIF exposure bias or exposure value and capture-time "
+    "gaps, else by image similarity; single shots are listed, not fused). See docs/brackets.md."
+)
+
 _RULE_HELP = {
     "exif": "EXIF exposure time x ISO / f-number^2",
     "shutter_times": "shutter_times.txt sidecar",
@@ -29,18 +39,24 @@ _RULE_HELP = {
 @app.command()
 def scenes(
     paths: list[Path] = typer.Argument(..., help="Scene folders, collections, or folders of collections."),
-    files: bool = typer.Option(False, "--files", "-f", help="Also list each scene's files, darkest first."),
+    files: bool = typer.Option(
+        False, "--files", "-f", help="Also list each scene's files: darkest first (--group auto: capture order)."
+    ),
+    group: str = typer.Option("folder", "--group", help=GROUP_HELP),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
     """List the exposure brackets found: frames, the rule that ordered them, and their EVs or mean lumas.
 
     Order rules, first that applies: exif (exposure time x ISO / f-number^2), shutter_times (sidecar file),
     filename (EV tags such as _N1 _0 _P1, under/normal/over, m2/zero/p2, EV-2..EV+2), luminance.
+    With --group auto: the brackets and single shots of a flat folder, and the rule that split each boundary.
     A scene that cannot be read is reported in one line and the others are listed; the exit code is then 2.
     """
-    from loopexpose.io import find_scenes, order_bracket, set_max_pixels
+    from loopexpose.brackets import find_scenes, order_bracket
+    from loopexpose.io import set_max_pixels
 
     set_max_pixels(max_pixels)
+    check_grouping(group)
     errors = Console(stderr=True)
     failed = 0
     folders = []
@@ -51,6 +67,20 @@ def scenes(
             failed += 1
             print_error(exc, errors)
     console = Console()
+    if group == "auto":
+        for grouping in group_folders(folders, errors):
+            if isinstance(grouping, LoopExposeError):
+                failed += 1
+                print_error(grouping, errors)
+                continue
+            print_skipped(grouping, errors)
+            print_grouping(console, grouping, files)
+            for bad in (group for group in grouping.groups if group.error):
+                failed += 1
+                print_error(f"{bad.paths[0]}: group {bad.name} ({len(bad)} frames): {bad.error}", errors)
+        if failed:
+            raise typer.Exit(2)
+        return
     brackets = []
     with Progress(
         TextColumn("ordering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -103,3 +133,60 @@ def _stops(ev: float) -> str:
 def _label(scene: Path) -> str:
     """``collection/scene`` with rich markup escaped (scene names may contain brackets)."""
     return escape(f"{scene.parent.name}/{scene.name}")
+
+
+def check_grouping(group: str) -> None:
+    """Refuse a ``--group`` value other than :data:`GROUPINGS`."""
+    if group not in GROUPINGS:
+        raise LoopExposeError(f"--group must be one of {', '.join(GROUPINGS)}, got {group!r}")
+
+
+def group_folders(folders: list[Path], console: Console) -> list:
+    """:func:`loopexpose.brackets.group_brackets` of every folder, with a progress bar on ``console`` while the
+    shots are read: a :class:`~loopexpose.brackets.Grouping` per folder, or the :class:`LoopExposeError` of a
+    folder that cannot be grouped."""
+    from loopexpose.brackets import group_brackets, list_images
+
+    results: list = []
+    total = sum(len(list_images(folder)) for folder in folders)
+    with Progress(
+        TextColumn("reading shots"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True, disable=total < 50,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("reading", total=total)
+        for folder in folders:
+            try:
+                results.append(group_brackets(folder, progress=lambda _: progress.advance(task)))
+            except LoopExposeError as exc:
+                results.append(exc)
+    return results
+
+
+def print_grouping(console: Console, grouping, files: bool) -> None:
+    """The groups of one folder: a table (name, frames, exposure pattern, the rule that started the group) and
+    a line on what the patterns were read from."""
+    brackets, singles = len(grouping.brackets), len(grouping.singles)
+    title = f"{escape(str(grouping.folder))}: {brackets} bracket(s), {singles} single shot(s)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("group", overflow="fold")
+    table.add_column("frames", justify="right")
+    table.add_column("pattern", overflow="fold")
+    table.add_column("split (why a group starts here)", overflow="fold")
+    if files:
+        table.add_column("files, capture order", overflow="fold")
+    for group in grouping.groups:
+        pattern = escape(group.pattern) + (" [yellow](not fused)[/]" if group.single else "")
+        if group.error:
+            pattern += " [red](cannot be fused)[/]"
+        row = [escape(group.name), str(len(group)), pattern, escape(group.split)]
+        if files:
+            row.append(escape(", ".join(path.name for path in group.paths)))
+        table.add_row(*row)
+    console.print(table, highlight=False)
+    console.print(f"grouping: {escape(grouping.note)}", highlight=False)
+
+
+def print_skipped(grouping, console: Console) -> None:
+    """One warning line per file of the folder that could not be read (it is left out of every group)."""
+    for path, problem in grouping.skipped:
+        print_error(f"{path}: {problem} (skipped)", console, label="warning")

@@ -86,7 +86,7 @@ def merged_config(config: dict) -> dict:
 def load_scenes(cfg: dict) -> list[tuple[str, torch.Tensor]]:
     """``("collection/scene", bracket)`` pairs, each bracket ``(N, 3, H, W)`` darkest first, downscaled to
     ``max_side``, from the configured collections."""
-    from loopexpose.io import find_scenes, load_bracket, order_bracket
+    from loopexpose.brackets import find_scenes, load_bracket, order_bracket
     from loopexpose.paths import data_root
 
     root = Path(cfg["root"]) if cfg["root"] else data_root() / "brackets"
