@@ -8,7 +8,7 @@ Run from the repository root (needs the ``raw`` extra)::
 Consistency: a three-frame bracket of linear DNGs (``tests/dng.py``; 1/200, 1/100 and 1/50 s of one random scene,
 so each frame should be exactly twice as bright as the one before; the middle frame's brightest pixel at 90% of
 white; the camera white balances of the frames differing by up to 20%, as when auto white balance re-estimates
-between shots) is decoded three ways: ours (:func:`loopexpose.io.load_bracket`), LibRaw with camera white balance
+between shots) is decoded three ways: ours (:func:`loopexpose.brackets.load_bracket`), LibRaw with camera white balance
 and no auto-brightness but its other defaults (each frame's own white balance, ``adjust_maximum_thr`` 0.75), and
 ``rawpy.postprocess()`` defaults (auto-brightness too). Reported: the median ratio of linear values between
 consecutive frames (pixels unclipped in all frames; the EXIF ratio is 2.000) and the spread of the frames' mean R/G
@@ -42,7 +42,7 @@ def consistency(folder: Path) -> dict:
     import torch
 
     from dng import write_dng
-    from loopexpose import io
+    from loopexpose import brackets, io
 
     rng = np.random.default_rng(0)
     scene = rng.uniform(0.02, 0.2, size=(96, 128, 3))
@@ -50,7 +50,7 @@ def consistency(folder: Path) -> dict:
     neutrals = {1 / 200: (0.5, 1.0, 0.7), 1 / 100: (0.6, 1.0, 0.6), 1 / 50: (0.45, 1.0, 0.75)}
     paths = [write_dng(folder / f"f{i}.dng", scene * t * 200, exposure_time=t, neutral=neutrals[t])
              for i, t in enumerate(sorted(neutrals))]  # fmt: skip
-    ways = {"ours": io.load_bracket(io.order_bracket(folder, paths)).double()}
+    ways = {"ours": brackets.load_bracket(brackets.order_bracket(folder, paths)).double()}
     for name, options in (
         ("libraw_camera_wb", dict(use_camera_wb=True, no_auto_bright=True)),
         ("rawpy_defaults", dict(use_camera_wb=True)),
@@ -71,7 +71,7 @@ def consistency(folder: Path) -> dict:
 
 
 def cost(raw_file: Path, folder: Path, repeats: int) -> dict:
-    from loopexpose import io, raw
+    from loopexpose import brackets, io, raw
     from loopexpose.cli.fuse import fuse_scene
 
     scene = folder / "copies"
@@ -80,7 +80,7 @@ def cost(raw_file: Path, folder: Path, repeats: int) -> dict:
         shutil.copyfile(raw_file, scene / f"shot{i}{raw_file.suffix}")
 
     def fuse() -> None:
-        io._measure_cached.cache_clear()  # order afresh each time, as a new process would
+        brackets.discover._measure_cached.cache_clear()  # order afresh each time, as a new process would
         fuse_scene(scene, folder / "fused.png")
 
     cases = {

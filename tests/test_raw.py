@@ -21,7 +21,7 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from loopexpose import io, raw
+from loopexpose import brackets, io, raw
 from loopexpose.cli import app
 from loopexpose.cli.correct import output_path
 from loopexpose.cli.fuse import fuse_scene
@@ -130,7 +130,7 @@ def test_output_defaults_for_raw_input():
     assert output_path(Path("IMG_1.nef"), out, "png") == out / "IMG_1_loopexpose.png"
     assert output_path(Path("IMG_1.JPG"), out, "same") == out / "IMG_1_loopexpose.jpg"
     assert raw.is_raw("x.DNG") and not raw.is_raw("x.tif")
-    assert io.ev_from_filename("shot_m2EV.CR2") == -2.0  # EV tags in RAW file names are read too
+    assert brackets.ev_from_filename("shot_m2EV.CR2") == -2.0  # EV tags in RAW file names are read too
 
 
 def test_mixed_raw_and_jpeg_bracket_is_a_one_line_error(tmp_path):
@@ -140,7 +140,7 @@ def test_mixed_raw_and_jpeg_bracket_is_a_one_line_error(tmp_path):
     (scene / "IMG_2.CR2").write_bytes(b"raw")
     Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(scene / "IMG_1.JPG")
     with pytest.raises(LoopExposeError) as caught:
-        io.order_bracket(scene)  # refused before any file is decoded: rawpy is not even needed
+        brackets.order_bracket(scene)  # refused before any file is decoded: rawpy is not even needed
     message = str(caught.value)
     assert "\n" not in message and str(scene) in message
     assert "2 RAW file(s) (IMG_1.CR2, IMG_2.CR2) with 1 other image(s) (IMG_1.JPG)" in message
@@ -174,7 +174,7 @@ def test_raw_bracket_is_ordered_by_exif_exposure(fake):
         "c.CR2": {"shutter": 1 / 200, "aperture": 8.0, "iso": 400.0, "level": 0.2},  # 4x (ISO)
         "d.CR2": {"shutter": 1 / 50, "aperture": 4.0, "iso": 100.0, "level": 0.8},  # 16x (aperture)
     })  # fmt: skip
-    bracket = io.order_bracket(scene)
+    bracket = brackets.order_bracket(scene)
     assert bracket.rule == "exif" and bracket.note == ""
     assert [p.name for p in bracket.paths] == ["b.CR2", "c.CR2", "a.CR2", "d.CR2"]
     assert bracket.evs == pytest.approx([0.0, 2.0, 3.0, 4.0], abs=1e-6)
@@ -183,7 +183,7 @@ def test_raw_bracket_is_ordered_by_exif_exposure(fake):
 def test_repeated_exif_exposure_falls_back_to_luminance(fake):
     _, scene = fake({name: {"shutter": 1 / 100, "level": level} for name, level in
                      (("x1.ORF", 0.5), ("x2.ORF", 0.1), ("x3.ORF", 0.3))})  # fmt: skip
-    bracket = io.order_bracket(scene)
+    bracket = brackets.order_bracket(scene)
     assert bracket.rule == "luminance" and "EXIF exposure incomplete or repeated" in bracket.note
     assert [p.name for p in bracket.paths] == ["x2.ORF", "x3.ORF", "x1.ORF"]
 
@@ -194,7 +194,7 @@ def test_bracket_frames_share_one_white_balance_and_no_per_file_brightness(fake)
         "2.RAF": {"shutter": 1 / 200, "wb": (1.9, 1.0, 1.8, 0.0)},  # the middle frame: its balance for all
         "3.RAF": {"shutter": 1 / 100, "wb": (2.3, 1.0, 1.4, 0.0)},
     })  # fmt: skip
-    frames = io.load_bracket(scene)
+    frames = brackets.load_bracket(scene)
     assert frames.shape == (3, 3, 12, 16)
     decodes = [(name, options) for name, options in module.calls if not options["half_size"]]
     assert [name for name, _ in decodes] == ["1.RAF", "2.RAF", "3.RAF"]
@@ -204,7 +204,7 @@ def test_bracket_frames_share_one_white_balance_and_no_per_file_brightness(fake)
         assert options["gamma"] == (1, 1) and options["output_color"] == "sRGB"
     # downscaled: LibRaw's half-size mode (no demosaicing) first, when that still leaves the size asked for
     module.calls.clear()
-    assert io.load_bracket(scene, max_side=6).shape == (3, 3, 4, 6)
+    assert brackets.load_bracket(scene, max_side=6).shape == (3, 3, 4, 6)
     assert all(options["half_size"] for _, options in module.calls)
     # a lone RAW (correct) uses its own camera balance
     module.calls.clear()
@@ -265,10 +265,10 @@ def test_dng_bracket_keeps_exposure_ratios_and_one_white_balance(dng_bracket):
     import torch
 
     folder, _ = dng_bracket
-    bracket = io.order_bracket(folder)
+    bracket = brackets.order_bracket(folder)
     assert bracket.rule == "exif" and [p.name for p in bracket.paths] == ["c.dng", "a.dng", "b.dng"]
     assert bracket.evs == pytest.approx([0.0, 1.0, 2.0], abs=1e-3)
-    linear = kornia.color.rgb_to_linear_rgb(io.load_bracket(bracket).double())  # (3, 3, H, W)
+    linear = kornia.color.rgb_to_linear_rgb(brackets.load_bracket(bracket).double())  # (3, 3, H, W)
     unclipped = (linear < 0.9).all(dim=(0, 1))
     for darker, brighter in ((0, 1), (1, 2)):
         ratio = linear[brighter][:, unclipped] / linear[darker][:, unclipped].clamp_min(1e-4)
@@ -379,7 +379,7 @@ def test_kdc_copied_three_times_is_a_degenerate_bracket(kdc, tmp_path):
     scene.mkdir()
     for i in range(3):
         (scene / f"shot{i}.KDC").write_bytes(kdc.read_bytes())
-    bracket = io.order_bracket(scene)
+    bracket = brackets.order_bracket(scene)
     # equal EXIF exposure cannot order the frames: the luminance rule (equal too: file-name order) decides
     assert bracket.rule == "luminance" and "EXIF exposure incomplete or repeated" in bracket.note
     assert [p.name for p in bracket.paths] == ["shot0.KDC", "shot1.KDC", "shot2.KDC"]
