@@ -1,0 +1,103 @@
+"""Ablation of the CurveGrid exposure floor: the bundled ``default`` weights with no floor, with a floor at mid-grey,
+and with the floor it ships (the level the network gives the same thumbnail exposed to mid-grey).
+
+Run from the repository root with ``../shared/data`` (or ``$LOOPEXPOSE_DATA``)::
+
+    .venv/bin/python bench/exposure_floor.py
+
+Scenes: ``split_scenes(scan_brackets(<data>/brackets, min_frames=2), 0.1)``: the 13 validation scenes (and the
+5 HDRPS ones among them), and the 24 HDRPS scenes of the training split (seen in training: read them as the
+network's fit, but they hold the night scenes that show what a fixed mid-grey target does). Each scene's
+``bracket-5`` window at long side 512 (:func:`loopexpose.evaluate.load_window`). Prints PSNR / SSIM against the
+reference frame by offset (means over frames), their mean over the non-reference frames of offsets -2..+2, the
+cross-exposure consistency, and the worst scene's change of PSNR against no floor. The ``gain`` baseline is
+printed beside them. About 3 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import loopexpose  # noqa: E402
+from loopexpose.baselines import MID_GREY, gain_to_mid_grey  # noqa: E402
+from loopexpose.data import scan_brackets, split_scenes  # noqa: E402
+from loopexpose.evaluate import load_window  # noqa: E402
+from loopexpose.metrics import psnr, ssim  # noqa: E402
+from loopexpose.models import curvegrid  # noqa: E402
+from loopexpose.paths import data_root  # noqa: E402
+
+
+def mid_grey_floor(model, thumb, params):
+    """The floor with a fixed target: every frame darker than mid-grey lifted to mid-grey mean luma."""
+    luma = (thumb * thumb.new_tensor(curvegrid.LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1).flatten(1).mean(1)
+    return curvegrid.floor_gain(luma, model.apply(thumb, params), torch.full_like(luma, MID_GREY))
+
+
+def run(model, scenes, variant: str):
+    shipped = curvegrid.CurveGrid._floor
+    if variant == "mid-grey floor":
+        curvegrid.CurveGrid._floor = mid_grey_floor
+    model.train(variant == "no floor")  # train mode: the network alone, no floor
+    by_offset: dict[int, list[tuple[float, float]]] = {}
+    consistency, per_scene = [], []
+    try:
+        for frames, start, reference in scenes:
+            ref = reference - start
+            with torch.no_grad():
+                out = gain_to_mid_grey(frames) if variant == "gain" else model(frames)["output"]
+            scene = []
+            for i in range(len(frames)):
+                if i != ref and -2 <= i - ref <= 2:
+                    value = (psnr(out[i], frames[ref]).item(), ssim(out[i : i + 1], frames[ref][None]).item())
+                    by_offset.setdefault(i - ref, []).append(value)
+                    scene.append(value[0])
+            per_scene.append(np.mean(scene))
+            pairs = itertools.combinations(range(len(out)), 2)
+            consistency.append(np.mean([psnr(out[i], out[j]).item() for i, j in pairs]))
+    finally:
+        curvegrid.CurveGrid._floor = shipped
+        model.eval()
+    return by_offset, float(np.mean(consistency)), np.array(per_scene)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    root = data_root() / "brackets"
+    if not root.is_dir():
+        print(f"skipped: no data at {root}")
+        return
+    train, val = split_scenes(scan_brackets(root, min_frames=2), 0.1)
+    groups = {
+        "validation (13 scenes)": val,
+        "validation, HDRPS (5)": [b for b in val if b.collection == "hdrps"],
+        "training split, HDRPS (24)": [b for b in train if b.collection == "hdrps"],
+    }
+    model = loopexpose.load("default")
+    for name, brackets in groups.items():
+        scenes = [load_window(b, 512) for b in brackets]
+        print(f"\n{name}: PSNR / SSIM vs the reference frame")
+        print(f"{'':16} {'-2':>14} {'-1':>14} {'+1':>14} {'+2':>14} {'mean':>14} {'consist.':>8} {'worst scene':>11}")
+        baseline = None
+        for variant in ("gain", "no floor", "mid-grey floor", "shipped floor"):
+            by_offset, consistency, per_scene = run(model, scenes, variant)
+            if variant == "no floor":
+                baseline = per_scene
+            cells = []
+            for offset in (-2, -1, 1, 2):
+                values = by_offset.get(offset)
+                cells.append("%.2f / %.3f" % tuple(np.mean(values, 0)) if values else "-")
+            every = [v for values in by_offset.values() for v in values]
+            cells.append("%.2f / %.3f" % tuple(np.mean(every, 0)))
+            worst = "%+.2f dB" % (per_scene - baseline).min() if baseline is not None and variant != "gain" else "-"
+            print(f"{variant:16} " + " ".join(f"{c:>14}" for c in cells) + f" {consistency:8.2f} {worst:>11}")
+
+
+if __name__ == "__main__":
+    main()
