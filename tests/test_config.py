@@ -14,9 +14,9 @@ from loopexpose import train
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import write_image
 from loopexpose.models import create, load, save
-from loopexpose.semantics.train import DEFAULTS as SEMANTIC_DEFAULTS
-from loopexpose.semantics.train import RULES as SEMANTIC_RULES
-from loopexpose.semantics.train import merged_config
+from loopexpose.methods.semantic.train import DEFAULTS as SEMANTIC_DEFAULTS
+from loopexpose.methods.semantic.train import RULES as SEMANTIC_RULES
+from loopexpose.methods.semantic.train import merged_config
 
 
 def _load(tmp_path, text: str) -> dict:

@@ -1,6 +1,6 @@
 """Trainer configs checked whole before anything runs: one schema, typed by the defaults.
 
-A trainer's defaults dict (:data:`loopexpose.train.DEFAULTS`, :data:`loopexpose.semantics.train.DEFAULTS`) *is*
+A trainer's defaults dict (:data:`loopexpose.train.DEFAULTS`, :data:`loopexpose.methods.semantic.train.DEFAULTS`) *is*
 its schema: every key has its default's type (a bool key takes true/false, an int key integers, a float key
 any number, a string key strings, a list key a list of its default's element type, a table a table), so a key
 added to the defaults is checked with no other edit. A key whose values need more than a type (choices, a
@@ -91,11 +91,11 @@ def check_train_config(config: dict, path: object | None = None, out_dir: str | 
         LoopExposeError: the first problem found, one line naming the key.
     """
     from loopexpose import fusion
-    from loopexpose.models import ARCHITECTURES
+    from loopexpose.models import architectures
     from loopexpose.train import DEFAULTS
 
     rules = {**LOOPEXPOSE_RULES, "fusion.preset": Rule(choices=tuple(fusion.PRESETS))}
-    rules["model.arch"] = Rule(choices=tuple(sorted(ARCHITECTURES)))
+    rules["model.arch"] = Rule(choices=tuple(sorted(architectures())))
     config = check_config(config, DEFAULTS, rules, path, free=("model.config",))
     data, train = config["data"], config["train"]
     for key in ("window", "crop_scale"):
@@ -104,7 +104,7 @@ def check_train_config(config: dict, path: object | None = None, out_dir: str | 
             _fail(f"data.{key}", f"must be [low, high] with low <= high, got {data[key]}", path)
     if train["warmup_epochs"] + train["feedback_epochs"] < 1:
         _fail("train", "warmup_epochs + feedback_epochs must be at least 1 (nothing to train, no checkpoint)", path)
-    _, config_class = ARCHITECTURES[config["model"]["arch"]]
+    _, config_class = architectures()[config["model"]["arch"]]
     config["model"]["config"] = check_dataclass(config["model"].get("config"), config_class, "model.config", path)
     out = Path(out_dir if out_dir is not None else config["out_dir"])
     for folder in (out, *out.parents):

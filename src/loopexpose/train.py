@@ -93,7 +93,7 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
     unknown keys, types, ranges, choices), so a bad config fails before any data is read.
 
     A config with ``method = "semantic"`` is returned as written: the semantic trainer applies its own defaults
-    and checks (``loopexpose.semantics.train.merged_config``).
+    and checks (``loopexpose.methods.semantic.train.merged_config``).
     """
     user: dict = {}
     if path is not None:
@@ -222,7 +222,7 @@ class Validation:
 def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path | None = None, quiet: bool = False) -> Path:
     """Train from a config dict (see :func:`load_config`); returns the best checkpoint's path."""
     if config.get("method", "loopexpose") == "semantic":
-        from loopexpose.semantics.train import run as run_semantic
+        from loopexpose.methods.semantic.train import run as run_semantic
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise LoopExposeError("the semantic trainer runs in one process; start it without torchrun")
