@@ -23,7 +23,7 @@ from loopexpose.metrics import psnr
 from loopexpose.models import load
 from loopexpose.paths import data_root
 from loopexpose.methods.semantic.labels import pseudo_label
-from loopexpose.train import DEFAULTS
+from loopexpose.methods.loopexpose.train import DEFAULTS
 
 WEIGHTS = (0.0, 0.15, 0.3, 0.45, 0.6)
 

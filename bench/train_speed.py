@@ -1,4 +1,4 @@
-"""Benchmark: training steps per second of the real loop (:func:`loopexpose.train.run`), CPU vs GPU.
+"""Benchmark: training steps per second of the real loop (:func:`loopexpose.methods.loopexpose.train.run`), CPU vs GPU.
 
 Run from the repository root::
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from loopexpose import train
+from loopexpose.methods.loopexpose import train
 
 
 def measure(config: dict, device: str, out: Path) -> list[dict]:

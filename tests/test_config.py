@@ -10,7 +10,7 @@ import pytest
 
 from conftest import synthetic_bracket
 from loopexpose import config as schema
-from loopexpose import train
+from loopexpose.methods.loopexpose import train
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import write_image
 from loopexpose.models import create, load, save

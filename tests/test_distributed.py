@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from loopexpose import distributed, train
+from loopexpose import distributed
+from loopexpose.methods.loopexpose import train
 from loopexpose.data import BracketDataset, BucketBatchSampler, scan_brackets
 from loopexpose.errors import LoopExposeError
 

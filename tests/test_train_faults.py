@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import synthetic_bracket
-from loopexpose import train
+from loopexpose.methods.loopexpose import train
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import write_image
 from loopexpose.models import load
@@ -174,7 +174,7 @@ def test_sigkill_of_a_real_process_resumes_to_the_same_weights(brackets, tmp_pat
     train.run(config, quiet=True)
     config_file = tmp_path / "tiny.json"
     config_file.write_text(json.dumps(_config(brackets, tmp_path / "killed", feedback_epochs=3)))
-    script = "import json, sys, torch; from loopexpose import train; torch.set_num_threads(2); " \
+    script = "import json, sys, torch; from loopexpose.methods.loopexpose import train; torch.set_num_threads(2); " \
              "train.run(json.load(open(sys.argv[1])), resume=True, quiet=True)"  # fmt: skip
     rng = random.Random(9)
     for _ in range(2):

@@ -1,6 +1,6 @@
 """Trainer configs checked whole before anything runs: one schema, typed by the defaults.
 
-A trainer's defaults dict (:data:`loopexpose.train.DEFAULTS`, :data:`loopexpose.methods.semantic.train.DEFAULTS`) *is*
+A trainer's defaults dict (:data:`loopexpose.methods.loopexpose.train.DEFAULTS`, :data:`loopexpose.methods.semantic.train.DEFAULTS`) *is*
 its schema: every key has its default's type (a bool key takes true/false, an int key integers, a float key
 any number, a string key strings, a list key a list of its default's element type, a table a table), so a key
 added to the defaults is checked with no other edit. A key whose values need more than a type (choices, a
@@ -76,7 +76,7 @@ LOOPEXPOSE_RULES: dict[str, Rule] = {
     "fusion.feedback": Rule(choices=("corrected+inputs", "corrected")),
     "cuda.workers": Rule(minimum=0),
 }
-"""Rules of :data:`loopexpose.train.DEFAULTS` keys beyond their types (``fusion.preset``'s choices and
+"""Rules of :data:`loopexpose.methods.loopexpose.train.DEFAULTS` keys beyond their types (``fusion.preset``'s choices and
 ``model.arch``'s come from the fusion module and the model registry)."""
 
 
@@ -84,7 +84,7 @@ def check_train_config(config: dict, path: object | None = None, out_dir: str | 
     """A checked copy of a LoopExpose trainer config (floats given as integers become floats).
 
     Args:
-        config: the merged config (:func:`loopexpose.train.load_config`, or a dict built in code).
+        config: the merged config (:func:`loopexpose.methods.loopexpose.train.load_config`, or a dict built in code).
         path: the config file, named in errors.
         out_dir: the run folder actually used, when it overrides ``config["out_dir"]``.
     Raises:
@@ -92,7 +92,7 @@ def check_train_config(config: dict, path: object | None = None, out_dir: str | 
     """
     from loopexpose import fusion
     from loopexpose.models import architectures
-    from loopexpose.train import DEFAULTS
+    from loopexpose.methods.loopexpose.train import DEFAULTS
 
     rules = {**LOOPEXPOSE_RULES, "fusion.preset": Rule(choices=tuple(fusion.PRESETS))}
     rules["model.arch"] = Rule(choices=tuple(sorted(architectures())))
