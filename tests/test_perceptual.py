@@ -93,7 +93,7 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 
 @pytest.mark.slow
 def test_training_with_the_perceptual_term(data_root, tmp_path):
-    from loopexpose.methods.loopexpose.train import load_config, run
+    from loopexpose.train import load_config, run
 
     torch.manual_seed(2)
     weights = tmp_path / "random.safetensors"

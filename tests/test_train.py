@@ -10,7 +10,9 @@ import torch
 from conftest import randomised_curvegrid, synthetic_bracket
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load
-from loopexpose.methods.loopexpose.train import learning_rate, load_config, pseudo_label, run
+from loopexpose.methods.loopexpose.labels import pseudo_label
+from loopexpose.methods.loopexpose.train import learning_rate
+from loopexpose.train import load_config, run
 
 
 def test_config_defaults_and_unknown_keys(tmp_path):

@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from conftest import synthetic_bracket
-from loopexpose.methods.loopexpose import train
+from loopexpose import train
+from loopexpose.methods.loopexpose import train as loopexpose_train
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import write_image
 from loopexpose.models import load
@@ -66,7 +67,7 @@ class Faults:
 
     def __init__(self, monkeypatch) -> None:
         self.count, self.kill_at, self.events = 0, None, []
-        pseudo_label, replace = train.pseudo_label, os.replace
+        pseudo_label, replace = loopexpose_train.pseudo_label, os.replace
 
         def step(*args, **kwargs):
             self.event("step")
@@ -77,7 +78,7 @@ class Faults:
             replace(source, target, *args, **kwargs)
             self.event(f"after {Path(target).name}")
 
-        monkeypatch.setattr(train, "pseudo_label", step)
+        monkeypatch.setattr(loopexpose_train, "pseudo_label", step)
         monkeypatch.setattr(os, "replace", commit)
 
     def event(self, what: str) -> None:
@@ -174,7 +175,7 @@ def test_sigkill_of_a_real_process_resumes_to_the_same_weights(brackets, tmp_pat
     train.run(config, quiet=True)
     config_file = tmp_path / "tiny.json"
     config_file.write_text(json.dumps(_config(brackets, tmp_path / "killed", feedback_epochs=3)))
-    script = "import json, sys, torch; from loopexpose.methods.loopexpose import train; torch.set_num_threads(2); " \
+    script = "import json, sys, torch; from loopexpose import train; torch.set_num_threads(2); " \
              "train.run(json.load(open(sys.argv[1])), resume=True, quiet=True)"  # fmt: skip
     rng = random.Random(9)
     for _ in range(2):

@@ -30,7 +30,7 @@ def train(
     import torch
 
     from loopexpose.errors import LoopExposeError
-    from loopexpose.methods.loopexpose.train import load_config, run
+    from loopexpose.train import load_config, run
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,11 +1,12 @@
 """LoopExpose training: the nested loop, top to bottom in the paper's order.
 
-Upper level: a single-exposure-correction network maps every frame of a bracket to a well-exposed image.
-Lower level: the bracket's pseudo-label is the Mertens fusion of its frames. During warm-up the label is the
-fusion of the input frames; after warm-up the network's own corrected frames (no gradient) are fed back into
-the fusion (with the inputs, by default), so labels improve as the network improves. Every frame of a bracket is
-supervised by its bracket's label, and the Luminance Ranking Loss orders the per-frame luminance features by
-exposure.
+Upper level: a single-exposure-correction network (:mod:`.network`) maps every frame of a bracket to a
+well-exposed image. Lower level: the bracket's pseudo-label (:mod:`.labels`) is the Mertens fusion of its
+frames. During warm-up the label is the fusion of the input frames; after warm-up the network's own corrected
+frames (no gradient) are fed back into the fusion (with the inputs, by default), so labels improve as the
+network improves. Every frame of a bracket is supervised by its bracket's label (L1, SSIM), the Luminance
+Ranking Loss orders the per-frame luminance features by exposure and cross-exposure consistency asks every
+frame for the same result (:mod:`.losses`).
 
     configure -> data -> model -> for epoch: (warm-up | feedback) steps -> validate -> log -> checkpoint
 
@@ -16,12 +17,10 @@ alone prints, logs and writes checkpoints.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from loopexpose import distributed, fusion, runstate, synth
-from loopexpose.config import check_train_config
+from loopexpose.config import Rule, check_config, check_dataclass
 from loopexpose.errors import LoopExposeError
 from loopexpose.data import (
     BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, scene_key, split_scenes,
@@ -42,8 +41,10 @@ from loopexpose.data import (
 from loopexpose.evaluate import WINDOW, select_window
 from loopexpose.io import atomic_write_bytes
 from loopexpose.metrics import highlight_chroma_added, psnr
-from loopexpose.losses import cross_exposure_consistency_loss, l1_loss, luminance_ranking_loss, ssim_loss
-from loopexpose.models import create, load, save as save_model
+from loopexpose.losses import l1_loss, ssim_loss
+from loopexpose.methods.loopexpose.labels import pseudo_label
+from loopexpose.methods.loopexpose.losses import cross_exposure_consistency_loss, luminance_ranking_loss
+from loopexpose.models import architectures, create, load, save as save_model
 from loopexpose.paths import data_root
 
 DEFAULTS: dict = {
@@ -86,41 +87,73 @@ DEFAULTS: dict = {
     # speed settings used on CUDA only; CPU runs ignore them (float32, in-process loading, bit-for-bit repeatable)
     "cuda": {"amp": True, "channels_last": True, "compile": False, "workers": 4},
 }
+"""The trainer's config: every key's default, and so its schema (:mod:`loopexpose.config`: each key takes its
+default's type)."""
+
+WEIGHT = Rule(minimum=0)
+RULES: dict[str, Rule] = {
+    "method": Rule(choices=("loopexpose", "semantic")),
+    "out_dir": Rule(nonempty=True),
+    "data.roots": Rule(nonempty=True),
+    "data.max_side": Rule(minimum=0),  # 0 keeps full size
+    "data.crop": Rule(minimum=8),  # the fusion pyramid and the network's strides need a few pixels
+    "data.crop_scale": Rule(length=2, minimum=0, maximum=1, above=True),
+    "data.window": Rule(length=2, minimum=1),
+    "data.val_fraction": Rule(minimum=0, maximum=1, below=True),
+    "data.val_scenes": Rule(type=list[str]),
+    "data.val_max_side": Rule(minimum=0),
+    "data.synthetic_evs": Rule(type=list[float]),
+    "train.warmup_epochs": Rule(minimum=0),
+    "train.feedback_epochs": Rule(minimum=0),
+    "train.brackets_per_step": Rule(minimum=1),
+    "train.lr": Rule(minimum=0, above=True),
+    "train.lr_min": Rule(minimum=0),
+    "train.lr_warmup_steps": Rule(minimum=0),
+    "train.weight_decay": Rule(minimum=0),
+    "train.grad_clip": Rule(minimum=0, above=True),
+    "loss.l1": WEIGHT,
+    "loss.ssim": WEIGHT,
+    "loss.ranking": WEIGHT,
+    "loss.consistency": WEIGHT,
+    "loss.perceptual": WEIGHT,
+    "loss.ranking_margin": Rule(minimum=0),
+    "loss.ranking_reduction": Rule(choices=("mean", "sum")),
+    "fusion.feedback": Rule(choices=("corrected+inputs", "corrected")),
+    "cuda.workers": Rule(minimum=0),
+}
+"""Rules of :data:`DEFAULTS` keys beyond their types (``fusion.preset``'s choices and ``model.arch``'s come from
+the fusion module and the model registry)."""
 
 
-def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
-    """Read a TOML config over :data:`DEFAULTS` and check it whole (:func:`loopexpose.config.check_train_config`:
-    unknown keys, types, ranges, choices), so a bad config fails before any data is read.
+def check_train_config(config: dict, path: object | None = None, out_dir: str | os.PathLike | None = None) -> dict:
+    """A checked copy of a LoopExpose trainer config (floats given as integers become floats).
 
-    A config with ``method = "semantic"`` is returned as written: the semantic trainer applies its own defaults
-    and checks (``loopexpose.methods.semantic.train.merged_config``).
+    Args:
+        config: the merged config (:func:`loopexpose.train.load_config`, or a dict built in code).
+        path: the config file, named in errors.
+        out_dir: the run folder actually used, when it overrides ``config["out_dir"]``.
+    Raises:
+        LoopExposeError: the first problem found, one line naming the key.
     """
-    user: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            user = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise LoopExposeError("no such config file", path) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise LoopExposeError(f"invalid TOML ({exc})", path) from None
-    if user.get("method") == "semantic":
-        return {"out_dir": "runs/semantic", **user, **(overrides or {})}
-    config = copy.deepcopy(DEFAULTS)
-    _merge(config, user, path, "")
-    if overrides:
-        _merge(config, overrides, path, "")
-    return check_train_config(config, path)
-
-
-def _merge(base: dict, user: dict, path, prefix: str) -> None:
-    for key, value in user.items():
-        if key not in base and prefix != "model.config.":
-            raise LoopExposeError(f"unknown config key {prefix}{key!r}", path)
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value, path, f"{prefix}{key}.")
-        else:
-            base[key] = value
+    rules = {**RULES, "fusion.preset": Rule(choices=tuple(fusion.PRESETS))}
+    rules["model.arch"] = Rule(choices=tuple(sorted(architectures())))
+    config = check_config(config, DEFAULTS, rules, path, free=("model.config",))
+    data, train = config["data"], config["train"]
+    for key in ("window", "crop_scale"):
+        low, high = data[key]
+        if low > high:
+            raise LoopExposeError(f"config key data.{key} must be [low, high] with low <= high, got {data[key]}", path)
+    if train["warmup_epochs"] + train["feedback_epochs"] < 1:
+        raise LoopExposeError("config key train warmup_epochs + feedback_epochs must be at least 1 (nothing to "
+                              "train, no checkpoint)", path)  # fmt: skip
+    _, config_class = architectures()[config["model"]["arch"]]
+    config["model"]["config"] = check_dataclass(config["model"].get("config"), config_class, "model.config", path)
+    out = Path(out_dir if out_dir is not None else config["out_dir"])
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise LoopExposeError(f"config key out_dir {str(out)!r} cannot be a run folder: {str(folder)!r} is a "
+                                  "file", path)  # fmt: skip
+    return config
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -132,29 +165,6 @@ def resolve_roots(roots: list[str]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def pseudo_label(frames: torch.Tensor, preset: str, corrected: torch.Tensor | None = None, mode: str = "") -> torch.Tensor:
-    """The lower level: Mertens fusion of a batch of brackets, clamped to [0, 1].
-
-    Args:
-        frames: ``(B, k, 3, H, W)`` input frames in [0, 1].
-        preset: fusion preset name (``loopexpose.fusion.PRESETS``).
-        corrected: ``(B, k, 3, H, W)`` the network's corrected frames (feedback stage) or ``None`` (warm-up).
-        mode: ``"corrected+inputs"`` or ``"corrected"`` for the feedback stage.
-    Returns:
-        ``(B, 3, H, W)``.
-    """
-    with torch.no_grad():
-        if corrected is None:
-            stack = frames
-        elif mode == "corrected":
-            stack = corrected
-        elif mode == "corrected+inputs":
-            stack = torch.cat([corrected, frames], dim=1)
-        else:
-            raise LoopExposeError(f"fusion.feedback must be 'corrected+inputs' or 'corrected', got {mode!r}")
-        return fusion.fuse(stack, preset=preset).clamp(0, 1)
 
 
 def learning_rate(step: int, total: int, cfg: dict) -> float:
@@ -220,13 +230,8 @@ class Validation:
 
 
 def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path | None = None, quiet: bool = False) -> Path:
-    """Train from a config dict (see :func:`load_config`); returns the best checkpoint's path."""
-    if config.get("method", "loopexpose") == "semantic":
-        from loopexpose.methods.semantic.train import run as run_semantic
-
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise LoopExposeError("the semantic trainer runs in one process; start it without torchrun")
-        return run_semantic(config, device=device, resume=resume, out_dir=Path(out_dir or config["out_dir"]))
+    """Train from a config dict (:func:`loopexpose.train.load_config`, or built in code: it is checked whole
+    here); returns the best checkpoint's path."""
     config = check_train_config(config, out_dir=out_dir)  # the whole config, before any data is read
     dcfg, tcfg, lcfg, fcfg = config["data"], config["train"], config["loss"], config["fusion"]
     ccfg = config.get("cuda", DEFAULTS["cuda"])  # speed settings, used on CUDA only
