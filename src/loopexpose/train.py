@@ -7,6 +7,7 @@ Each method trains in its own package, the same way (:mod:`loopexpose.methods`):
 
 What both use is shared at the top level: brackets and splits (:mod:`loopexpose.data`, :mod:`loopexpose.brackets`),
 config checks (:mod:`loopexpose.config`), checkpoints (:mod:`loopexpose.models`, :mod:`loopexpose.checkpoint`).
+The trainers are imported when used, as the registry imports the networks: no shared module imports a method.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import tomllib
 from pathlib import Path
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.methods.loopexpose import train as loopexpose_trainer
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
@@ -28,6 +28,8 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
     A config with ``method = "semantic"`` is returned as written: the semantic trainer applies its own defaults
     and checks (:func:`loopexpose.methods.semantic.train.merged_config`).
     """
+    from loopexpose.methods.loopexpose.train import DEFAULTS, check_train_config
+
     user: dict = {}
     if path is not None:
         path = Path(path)
@@ -39,11 +41,11 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
             raise LoopExposeError(f"invalid TOML ({exc})", path) from None
     if user.get("method") == "semantic":
         return {"out_dir": "runs/semantic", **user, **(overrides or {})}
-    config = copy.deepcopy(loopexpose_trainer.DEFAULTS)
+    config = copy.deepcopy(DEFAULTS)
     _merge(config, user, path, "")
     if overrides:
         _merge(config, overrides, path, "")
-    return loopexpose_trainer.check_train_config(config, path)
+    return check_train_config(config, path)
 
 
 def _merge(base: dict, user: dict, path, prefix: str) -> None:
@@ -64,4 +66,6 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise LoopExposeError("the semantic trainer runs in one process; start it without torchrun")
         return run_semantic(config, device=device, resume=resume, out_dir=Path(out_dir or config["out_dir"]))
-    return loopexpose_trainer.run(config, device=device, resume=resume, out_dir=out_dir, quiet=quiet)
+    from loopexpose.methods.loopexpose.train import run as run_loopexpose
+
+    return run_loopexpose(config, device=device, resume=resume, out_dir=out_dir, quiet=quiet)
