@@ -100,7 +100,8 @@ def test_brackets_per_step_larger_than_the_training_set_is_a_clear_error(tmp_pat
     for scene in range(3):
         for frame, ev in zip(np.roll(base, 5 * scene, axis=2), ("EV-2", "EV+0", "EV+2")):
             write_image(root / "tiny" / f"s{scene}" / f"{ev}.png", frame)
-    monkeypatch.setattr(loopexpose_train.BracketDataset, "preload", lambda self: pytest.fail("decoded before the check"))
+    monkeypatch.setattr(loopexpose_train.BracketDataset, "preload",
+                        lambda self: pytest.fail("decoded before the check"))  # fmt: skip
     for per_step, message in ((5, "brackets_per_step = 5 is more than the 3 training brackets"),
                               (3, "brackets_per_step = 3: epoch 1 has no step")):  # fmt: skip
         config = _config(root, tmp_path / "run", brackets_per_step=per_step)
