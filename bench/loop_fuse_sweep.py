@@ -23,7 +23,7 @@ from loopexpose.data import scan_brackets, split_scenes
 from loopexpose.evaluate import load_window
 from loopexpose.models import load
 from loopexpose.paths import data_root
-from loopexpose.train import DEFAULTS
+from loopexpose.methods.loopexpose.train import DEFAULTS
 
 DETAILS = (2.0, 3.0, 4.0)
 BASES = (3, 4, 5)

@@ -5,7 +5,7 @@ Run from the repository root (needs ``../shared/data`` or ``$LOOPEXPOSE_DATA``):
     .venv/bin/python bench/semantic_labels.py
 
 For each validation scene (the split both trainers hold back), the 5-frame ``bracket-5`` window at long side
-160 (the semantic trainer's size) gets pseudo-labels (:func:`loopexpose.semantics.pseudo.pseudo_label`) from
+160 (the semantic trainer's size) gets pseudo-labels (:func:`loopexpose.methods.semantic.labels.pseudo_label`) from
 the bundled ``semantic`` checkpoint's recogniser, with the scene's region masks taken from the reference frame.
 Prints the mean PSNR of the labels of the non-reference frames to the reference frame, and their mean level,
 for each ``region_weight`` (0: one gamma per photo, 1: one per region). This chose ``pseudo.region_weight``
@@ -22,8 +22,8 @@ from loopexpose.evaluate import load_window
 from loopexpose.metrics import psnr
 from loopexpose.models import load
 from loopexpose.paths import data_root
-from loopexpose.semantics.pseudo import pseudo_label
-from loopexpose.train import DEFAULTS
+from loopexpose.methods.semantic.labels import pseudo_label
+from loopexpose.methods.loopexpose.train import DEFAULTS
 
 WEIGHTS = (0.0, 0.15, 0.3, 0.45, 0.6)
 

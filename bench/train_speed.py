@@ -29,23 +29,24 @@ from pathlib import Path
 import torch
 
 from loopexpose import train
+from loopexpose.methods.loopexpose import train as loopexpose_train
 
 
 def measure(config: dict, device: str, out: Path) -> list[dict]:
     """Train ``config`` on ``device``; one row per timed epoch: stage, steps, seconds, steps/s."""
     marks: list[tuple[float, float, dict]] = []  # (entered _save, left _save, row)
-    save = train._save
+    save = loopexpose_train._save
 
     def timed_save(out_dir, model, optimizer, cfg, row, *rest):
         entered = time.perf_counter()
         save(out_dir, model, optimizer, cfg, row, *rest)
         marks.append((entered, time.perf_counter(), dict(row)))
 
-    train._save = timed_save  # the epoch's end is the moment it is saved
+    loopexpose_train._save = timed_save  # the epoch's end is the moment it is saved
     try:
         train.run(config, device, out_dir=out, quiet=True)
     finally:
-        train._save = save
+        loopexpose_train._save = save
     rows = []
     for (_, left, _), (entered, _, row) in zip(marks, marks[1:]):
         seconds = entered - left

@@ -7,7 +7,7 @@ import pytest
 
 from loopexpose import evaluate
 from loopexpose.data import scan_brackets, split_scenes
-from loopexpose.train import DEFAULTS
+from loopexpose.methods.loopexpose.train import DEFAULTS
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 

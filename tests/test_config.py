@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_bracket
-from loopexpose import config as schema
 from loopexpose import train
+from loopexpose.methods.loopexpose import train as loopexpose_train
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import write_image
 from loopexpose.models import create, load, save
-from loopexpose.semantics.train import DEFAULTS as SEMANTIC_DEFAULTS
-from loopexpose.semantics.train import RULES as SEMANTIC_RULES
-from loopexpose.semantics.train import merged_config
+from loopexpose.methods.semantic.train import DEFAULTS as SEMANTIC_DEFAULTS
+from loopexpose.methods.semantic.train import RULES as SEMANTIC_RULES
+from loopexpose.methods.semantic.train import merged_config
 
 
 def _load(tmp_path, text: str) -> dict:
@@ -81,7 +81,7 @@ def test_run_checks_a_dict_config_before_reading_any_data(tmp_path, monkeypatch)
     def no_data(*args, **kwargs):
         raise AssertionError("data was read before the config was checked")
 
-    monkeypatch.setattr(train, "scan_brackets", no_data)
+    monkeypatch.setattr(loopexpose_train, "scan_brackets", no_data)
     config = train.load_config(None, {"out_dir": str(tmp_path / "run")})
     config["fusion"]["feedback"] = "nope"
     with pytest.raises(LoopExposeError, match="fusion.feedback"):
@@ -100,7 +100,8 @@ def test_brackets_per_step_larger_than_the_training_set_is_a_clear_error(tmp_pat
     for scene in range(3):
         for frame, ev in zip(np.roll(base, 5 * scene, axis=2), ("EV-2", "EV+0", "EV+2")):
             write_image(root / "tiny" / f"s{scene}" / f"{ev}.png", frame)
-    monkeypatch.setattr(train.BracketDataset, "preload", lambda self: pytest.fail("decoded before the check"))
+    monkeypatch.setattr(loopexpose_train.BracketDataset, "preload",
+                        lambda self: pytest.fail("decoded before the check"))  # fmt: skip
     for per_step, message in ((5, "brackets_per_step = 5 is more than the 3 training brackets"),
                               (3, "brackets_per_step = 3: epoch 1 has no step")):  # fmt: skip
         config = _config(root, tmp_path / "run", brackets_per_step=per_step)
@@ -122,12 +123,12 @@ def test_every_rule_names_a_real_key():
                 out |= keys(value, f"{prefix}{key}.")
         return out
 
-    assert set(schema.LOOPEXPOSE_RULES) <= keys(train.DEFAULTS)
+    assert set(loopexpose_train.RULES) <= keys(loopexpose_train.DEFAULTS)
     assert set(SEMANTIC_RULES) <= keys(SEMANTIC_DEFAULTS)
 
 
 def test_a_key_added_to_the_defaults_is_checked_with_no_other_edit(monkeypatch):
-    monkeypatch.setitem(train.DEFAULTS["loss"], "exposure", 0.25)
+    monkeypatch.setitem(loopexpose_train.DEFAULTS["loss"], "exposure", 0.25)
     assert train.load_config(None, {"loss": {"exposure": 1}})["loss"]["exposure"] == 1.0
     with pytest.raises(LoopExposeError, match="config key loss.exposure must be a number, got the string 'high'"):
         train.load_config(None, {"loss": {"exposure": "high"}})

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from loopexpose import distributed, train
+from loopexpose.methods.loopexpose import train as loopexpose_train
 from loopexpose.data import BracketDataset, BucketBatchSampler, scan_brackets
 from loopexpose.errors import LoopExposeError
 
@@ -227,13 +228,13 @@ def test_torchrun_two_ranks_match_one_rank_and_resume_across_world_sizes(bracket
     _assert_same_training(tmp_path / "one", tmp_path / "two")
 
     # stop a one-rank run after its first epoch, then resume it on two ranks
-    save = train._save
+    save = loopexpose_train._save
 
     def save_then_stop(out, *args):
         save(out, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_save", save_then_stop)
+    monkeypatch.setattr(loopexpose_train, "_save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train.run(config, "cpu", out_dir=tmp_path / "resumed", quiet=True)
     monkeypatch.undo()

@@ -6,7 +6,8 @@ import kornia
 import pytest
 import torch
 
-from loopexpose.losses import cross_exposure_consistency_loss, l1_loss, luminance_ranking_loss, ssim_loss, ssim_map
+from loopexpose.losses import l1_loss, ssim_loss, ssim_map
+from loopexpose.methods.loopexpose.losses import cross_exposure_consistency_loss, luminance_ranking_loss
 
 
 def test_ranking_loss_zero_for_correct_order():

@@ -14,7 +14,7 @@ from loopexpose import metrics
 from conftest import randomised_curvegrid as randomised
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load, save
-from loopexpose.models.curvegrid import apply_curves, bilateral_slice
+from loopexpose.methods.loopexpose.network import apply_curves, bilateral_slice
 
 
 

@@ -10,11 +10,11 @@ import torch
 
 from conftest import synthetic_bracket
 from loopexpose.models import create, load, save
-from loopexpose.semantics.losses import region_consistency_loss, segmentation_agreement
-from loopexpose.semantics.pseudo import pseudo_label
-from loopexpose.semantics.recogniser import ExposureRecogniser, bracket_region_labels, train_recogniser
-from loopexpose.semantics.regions import superpixel_regions
-from loopexpose.semantics.scan import selective_scan_parallel, selective_scan_sequential
+from loopexpose.methods.semantic.losses import region_consistency_loss, segmentation_agreement
+from loopexpose.methods.semantic.labels import pseudo_label
+from loopexpose.methods.semantic.recogniser import ExposureRecogniser, bracket_region_labels, train_recogniser
+from loopexpose.methods.semantic.regions import superpixel_regions
+from loopexpose.methods.semantic.scan import selective_scan_parallel, selective_scan_sequential
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def _tiny_clip_folder(path):
 
 
 def test_clip_path_runs_with_a_tiny_local_model(tmp_path):
-    from loopexpose.semantics.losses import prompt_alignment_loss
-    from loopexpose.semantics.recogniser import load_clip
+    from loopexpose.methods.semantic.losses import prompt_alignment_loss
+    from loopexpose.methods.semantic.recogniser import load_clip
 
     recogniser = load_clip(_tiny_clip_folder(tmp_path))
     x = torch.rand(2, 3, 24, 36)
@@ -182,7 +182,7 @@ def test_clip_path_runs_with_a_tiny_local_model(tmp_path):
 
 def test_load_clip_errors_clearly(tmp_path):
     from loopexpose.errors import LoopExposeError
-    from loopexpose.semantics.recogniser import load_clip
+    from loopexpose.methods.semantic.recogniser import load_clip
 
     with pytest.raises(LoopExposeError, match="not found"):
         load_clip(tmp_path / "missing")
@@ -208,7 +208,7 @@ def _write_brackets(root, scenes=3):
 
 def test_semantic_config_refuses_unknown_keys():
     from loopexpose.errors import LoopExposeError
-    from loopexpose.semantics.train import merged_config
+    from loopexpose.methods.semantic.train import merged_config
 
     cfg = merged_config({"method": "semantic", "pseudo": {"region_weight": 0.5}, "model": {"width": 8}})
     assert cfg["pseudo"] == {"temperature": 0.3, "region_weight": 0.5} and cfg["model"] == {"width": 8}
@@ -219,7 +219,7 @@ def test_semantic_config_refuses_unknown_keys():
 
 
 def test_training_run_writes_loadable_checkpoints_and_resumes(tmp_path):
-    from loopexpose.semantics.train import run
+    from loopexpose.methods.semantic.train import run
 
     _write_brackets(tmp_path / "data")
     config = {
@@ -289,7 +289,7 @@ def fake_ultralytics(monkeypatch, tmp_path):
 def test_fastsam_masks_are_painted_largest_first_and_ordered(fake_ultralytics, monkeypatch):
     import sys
 
-    from loopexpose.semantics.regions import FastSAMRegions
+    from loopexpose.methods.semantic.regions import FastSAMRegions
 
     monkeypatch.chdir(fake_ultralytics.parent)
     regions = FastSAMRegions(fake_ultralytics.name, regions=4, imgsz=128)  # a bare name is made absolute
@@ -313,7 +313,7 @@ def test_fastsam_errors_are_clear(tmp_path, monkeypatch):
     import sys
 
     from loopexpose.errors import LoopExposeError
-    from loopexpose.semantics.regions import FastSAMRegions
+    from loopexpose.methods.semantic.regions import FastSAMRegions
 
     with pytest.raises(LoopExposeError, match=r"missing\.pt: segmenter weights not found"):
         FastSAMRegions(tmp_path / "missing.pt")
@@ -326,7 +326,7 @@ def test_fastsam_errors_are_clear(tmp_path, monkeypatch):
 
 def test_fastsam_load_failures_name_the_file(fake_ultralytics):
     from loopexpose.errors import LoopExposeError
-    from loopexpose.semantics.regions import FastSAMRegions
+    from loopexpose.methods.semantic.regions import FastSAMRegions
 
     evil = fake_ultralytics.with_name("evil.pt")
     evil.write_bytes(b"x")
@@ -344,7 +344,7 @@ def test_fastsam_with_real_ultralytics(tmp_path, monkeypatch):
     from ultralytics.nn.tasks import SegmentationModel
 
     from loopexpose.errors import LoopExposeError
-    from loopexpose.semantics.regions import FastSAMRegions
+    from loopexpose.methods.semantic.regions import FastSAMRegions
 
     torch.manual_seed(0)
     net = SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False)

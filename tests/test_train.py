@@ -10,7 +10,9 @@ import torch
 from conftest import randomised_curvegrid, synthetic_bracket
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load
-from loopexpose.train import learning_rate, load_config, pseudo_label, run
+from loopexpose.methods.loopexpose.labels import pseudo_label
+from loopexpose.methods.loopexpose.train import learning_rate
+from loopexpose.train import load_config, run
 
 
 def test_config_defaults_and_unknown_keys(tmp_path):
@@ -63,7 +65,7 @@ def test_short_training_run_learns(data_root, tmp_path):
     assert len([p for p in (tmp_path / "run/synthetic/synth").iterdir() if p.is_dir()]) == 26
     # against the untrained network (its exposure prior alone)
     from loopexpose.data import ValidationSet, scan_brackets, split_scenes
-    from loopexpose.train import Validation
+    from loopexpose.methods.loopexpose.train import Validation
 
     _, val = split_scenes(scan_brackets(data_root / "brackets/hdrps"), val_scenes=overrides["data"]["val_scenes"])
     before = Validation.from_set(ValidationSet(val, max_side=160)).score(create("curvegrid"), "opencv")

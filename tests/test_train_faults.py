@@ -25,6 +25,7 @@ import torch
 
 from conftest import synthetic_bracket
 from loopexpose import train
+from loopexpose.methods.loopexpose import train as loopexpose_train
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import write_image
 from loopexpose.models import load
@@ -66,7 +67,7 @@ class Faults:
 
     def __init__(self, monkeypatch) -> None:
         self.count, self.kill_at, self.events = 0, None, []
-        pseudo_label, replace = train.pseudo_label, os.replace
+        pseudo_label, replace = loopexpose_train.pseudo_label, os.replace
 
         def step(*args, **kwargs):
             self.event("step")
@@ -77,7 +78,7 @@ class Faults:
             replace(source, target, *args, **kwargs)
             self.event(f"after {Path(target).name}")
 
-        monkeypatch.setattr(train, "pseudo_label", step)
+        monkeypatch.setattr(loopexpose_train, "pseudo_label", step)
         monkeypatch.setattr(os, "replace", commit)
 
     def event(self, what: str) -> None:

@@ -1,10 +1,10 @@
 """Trainer configs checked whole before anything runs: one schema, typed by the defaults.
 
-A trainer's defaults dict (:data:`loopexpose.train.DEFAULTS`, :data:`loopexpose.semantics.train.DEFAULTS`) *is*
-its schema: every key has its default's type (a bool key takes true/false, an int key integers, a float key
-any number, a string key strings, a list key a list of its default's element type, a table a table), so a key
-added to the defaults is checked with no other edit. A key whose values need more than a type (choices, a
-range, the element type of an empty list) adds a :class:`Rule` to the trainer's rules; checks across keys
+A trainer's defaults dict (``DEFAULTS`` in each ``loopexpose/methods/<method>/train.py``) *is* its schema: every
+key has its default's type (a bool key takes true/false, an int key integers, a float key any number, a string
+key strings, a list key a list of its default's element type, a table a table), so a key added to the defaults
+is checked with no other edit. A key whose values need more than a type (choices, a range, the element type of
+an empty list) adds a :class:`Rule` to the trainer's ``RULES`` beside its defaults; checks across keys
 (a schedule of at least one epoch, ``window = [lo, hi]`` in order, ...) follow the per-key ones. So write a
 default in the type its values take: ``1.0``, not ``1``, for a weight that may be ``0.5``; a default of ``None``
 takes any value.
@@ -20,9 +20,7 @@ loopexpose.errors.LoopExposeError: config key lr must be a number, got the strin
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import MISSING, dataclass, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from loopexpose.errors import LoopExposeError
@@ -41,76 +39,6 @@ class Rule:
     below: bool = False  # maximum excluded
     length: int | None = None  # lists of exactly this many values
     nonempty: bool = False  # strings and lists
-
-
-# ------------------------------------------------------------------------------- the LoopExpose trainer
-
-WEIGHT = Rule(minimum=0)
-LOOPEXPOSE_RULES: dict[str, Rule] = {
-    "method": Rule(choices=("loopexpose", "semantic")),
-    "out_dir": Rule(nonempty=True),
-    "data.roots": Rule(nonempty=True),
-    "data.max_side": Rule(minimum=0),  # 0 keeps full size
-    "data.crop": Rule(minimum=8),  # the fusion pyramid and the network's strides need a few pixels
-    "data.crop_scale": Rule(length=2, minimum=0, maximum=1, above=True),
-    "data.window": Rule(length=2, minimum=1),
-    "data.val_fraction": Rule(minimum=0, maximum=1, below=True),
-    "data.val_scenes": Rule(type=list[str]),
-    "data.val_max_side": Rule(minimum=0),
-    "data.synthetic_evs": Rule(type=list[float]),
-    "train.warmup_epochs": Rule(minimum=0),
-    "train.feedback_epochs": Rule(minimum=0),
-    "train.brackets_per_step": Rule(minimum=1),
-    "train.lr": Rule(minimum=0, above=True),
-    "train.lr_min": Rule(minimum=0),
-    "train.lr_warmup_steps": Rule(minimum=0),
-    "train.weight_decay": Rule(minimum=0),
-    "train.grad_clip": Rule(minimum=0, above=True),
-    "loss.l1": WEIGHT,
-    "loss.ssim": WEIGHT,
-    "loss.ranking": WEIGHT,
-    "loss.consistency": WEIGHT,
-    "loss.perceptual": WEIGHT,
-    "loss.ranking_margin": Rule(minimum=0),
-    "loss.ranking_reduction": Rule(choices=("mean", "sum")),
-    "fusion.feedback": Rule(choices=("corrected+inputs", "corrected")),
-    "cuda.workers": Rule(minimum=0),
-}
-"""Rules of :data:`loopexpose.train.DEFAULTS` keys beyond their types (``fusion.preset``'s choices and
-``model.arch``'s come from the fusion module and the model registry)."""
-
-
-def check_train_config(config: dict, path: object | None = None, out_dir: str | os.PathLike | None = None) -> dict:
-    """A checked copy of a LoopExpose trainer config (floats given as integers become floats).
-
-    Args:
-        config: the merged config (:func:`loopexpose.train.load_config`, or a dict built in code).
-        path: the config file, named in errors.
-        out_dir: the run folder actually used, when it overrides ``config["out_dir"]``.
-    Raises:
-        LoopExposeError: the first problem found, one line naming the key.
-    """
-    from loopexpose import fusion
-    from loopexpose.models import ARCHITECTURES
-    from loopexpose.train import DEFAULTS
-
-    rules = {**LOOPEXPOSE_RULES, "fusion.preset": Rule(choices=tuple(fusion.PRESETS))}
-    rules["model.arch"] = Rule(choices=tuple(sorted(ARCHITECTURES)))
-    config = check_config(config, DEFAULTS, rules, path, free=("model.config",))
-    data, train = config["data"], config["train"]
-    for key in ("window", "crop_scale"):
-        low, high = data[key]
-        if low > high:
-            _fail(f"data.{key}", f"must be [low, high] with low <= high, got {data[key]}", path)
-    if train["warmup_epochs"] + train["feedback_epochs"] < 1:
-        _fail("train", "warmup_epochs + feedback_epochs must be at least 1 (nothing to train, no checkpoint)", path)
-    _, config_class = ARCHITECTURES[config["model"]["arch"]]
-    config["model"]["config"] = check_dataclass(config["model"].get("config"), config_class, "model.config", path)
-    out = Path(out_dir if out_dir is not None else config["out_dir"])
-    for folder in (out, *out.parents):
-        if folder.exists() and not folder.is_dir():
-            _fail("out_dir", f"{str(out)!r} cannot be a run folder: {str(folder)!r} is a file", path)
-    return config
 
 
 def check_dataclass(values, config_class: type, key: str, path: object | None = None) -> dict:

@@ -1,7 +1,8 @@
 """Training on several processes, GPUs or machines with PyTorch's own engine: ``torchrun`` + DDP.
 
 ``torchrun`` starts one process (a *rank*) per device and gives each ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR`` and ``MASTER_PORT``. The trainer (:func:`loopexpose.train.run`) uses the handful of helpers here:
+``MASTER_ADDR`` and ``MASTER_PORT``. The LoopExpose trainer (:func:`loopexpose.methods.loopexpose.train.run`) uses
+the handful of helpers here:
 
 * :func:`setup` joins the process group (``nccl`` on CUDA, ``gloo`` on CPU) and picks the rank's device;
   without torchrun (or with one process) it does nothing and training is the plain single-process loop;

@@ -235,7 +235,7 @@ def correct(
     network = load(model, torch_device)
     if hasattr(network, "use_segmenter"):  # the semantic model: say which region masks it uses
         if segmenter_weights is not None:
-            from loopexpose.semantics.regions import FastSAMRegions
+            from loopexpose.methods.semantic.regions import FastSAMRegions
 
             fastsam = FastSAMRegions(segmenter_weights, regions=network.config.regions, device=str(torch_device))
             network.use_segmenter(fastsam, "FastSAM (local weights)")

@@ -1,5 +1,9 @@
 """Models by name (timm-style): architectures register themselves; weights load from bundled names or files.
 
+Each method's network (``loopexpose/methods/<method>/network.py``) registers its architecture with
+:func:`register` when imported. This module imports them (:data:`NETWORKS`) on first use, not at its own import:
+they import this module, so importing them here would make the two packages import each other.
+
 >>> from loopexpose.models import create
 >>> create("curvegrid").arch
 'curvegrid'
@@ -7,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -17,7 +22,9 @@ from loopexpose.checkpoint import load_checkpoint, save_checkpoint
 from loopexpose.config import check_dataclass
 from loopexpose.errors import LoopExposeError
 
-ARCHITECTURES: dict[str, tuple[type, type]] = {}
+NETWORKS = ("loopexpose.methods.loopexpose.network", "loopexpose.methods.semantic.network")
+"""The modules whose classes register the built-in architectures."""
+_ARCHITECTURES: dict[str, tuple[type, type]] = {}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -26,17 +33,26 @@ def register(name: str, config_class: type):
 
     def wrap(cls):
         cls.arch = name
-        ARCHITECTURES[name] = (cls, config_class)
+        _ARCHITECTURES[name] = (cls, config_class)
         return cls
 
     return wrap
 
 
+def architectures() -> dict[str, tuple[type, type]]:
+    """Every registered architecture, ``name -> (model class, settings dataclass)`` (the built-in networks are
+    imported on the first call)."""
+    for module in NETWORKS:
+        importlib.import_module(module)
+    return _ARCHITECTURES
+
+
 def create(arch: str, config: dict | None = None):
     """A freshly initialised model of architecture ``arch`` with ``config`` overriding its defaults."""
-    if arch not in ARCHITECTURES:
-        raise LoopExposeError(f"unknown architecture {arch!r} (known: {', '.join(sorted(ARCHITECTURES))})")
-    cls, config_class = ARCHITECTURES[arch]
+    registered = architectures()
+    if arch not in registered:
+        raise LoopExposeError(f"unknown architecture {arch!r} (known: {', '.join(sorted(registered))})")
+    cls, config_class = registered[arch]
     if config is not None and not isinstance(config, dict):
         raise LoopExposeError(f"{arch} settings must be a table of names and values, got {type(config).__name__}")
     known = {f.name for f in fields(config_class)}

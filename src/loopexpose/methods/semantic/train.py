@@ -25,15 +25,15 @@ from loopexpose.config import Rule, check_config
 from loopexpose.data import is_validation_scene
 from loopexpose.errors import LoopExposeError
 from loopexpose.models import create, load, save
-from loopexpose.semantics.losses import (
+from loopexpose.methods.semantic.losses import (
     prompt_alignment_loss,
     region_consistency_loss,
     segmentation_agreement,
     smoothness_loss,
 )
-from loopexpose.semantics.pseudo import pseudo_label
-from loopexpose.semantics.recogniser import bracket_region_labels, load_clip, train_recogniser
-from loopexpose.semantics.regions import FastSAMRegions
+from loopexpose.methods.semantic.labels import pseudo_label
+from loopexpose.methods.semantic.recogniser import bracket_region_labels, load_clip, train_recogniser
+from loopexpose.methods.semantic.regions import FastSAMRegions
 
 DEFAULTS = {
     "seed": 0,
@@ -282,7 +282,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path =
 
 
 def _scan_name(device: str) -> str:
-    from loopexpose.semantics.scan import cuda_kernel_available
+    from loopexpose.methods.semantic.scan import cuda_kernel_available
 
     if str(device).startswith("cuda") and cuda_kernel_available():
         return "mamba-ssm CUDA selective scan"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from loopexpose.io import LUMA_WEIGHTS
-from loopexpose.semantics.regions import region_means
+from loopexpose.methods.semantic.regions import region_means
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from loopexpose.semantics.regions import paint_regions
+from loopexpose.methods.semantic.regions import paint_regions
 
 DEFAULT_GAMMAS = tuple(float(2.0**e) for e in torch.linspace(-2.0, 2.0, 9))  # 1/4 .. 4
 

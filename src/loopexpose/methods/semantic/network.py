@@ -30,9 +30,9 @@ from torch import nn
 
 from loopexpose.models.base import ExposureModel
 from loopexpose.models.registry import register
-from loopexpose.semantics.regions import paint_regions, region_means, superpixel_regions
-from loopexpose.semantics.recogniser import ExposureRecogniser
-from loopexpose.semantics.scan import scan_orders, selective_scan
+from loopexpose.methods.semantic.regions import paint_regions, region_means, superpixel_regions
+from loopexpose.methods.semantic.recogniser import ExposureRecogniser
+from loopexpose.methods.semantic.scan import scan_orders, selective_scan
 
 
 @dataclass
