@@ -30,20 +30,20 @@ from loopexpose.baselines import MID_GREY, gain_to_mid_grey  # noqa: E402
 from loopexpose.data import scan_brackets, split_scenes  # noqa: E402
 from loopexpose.evaluate import load_window  # noqa: E402
 from loopexpose.metrics import psnr, ssim  # noqa: E402
-from loopexpose.models import curvegrid  # noqa: E402
+from loopexpose.methods.loopexpose import network  # noqa: E402
 from loopexpose.paths import data_root  # noqa: E402
 
 
 def mid_grey_floor(model, thumb, params):
     """The floor with a fixed target: every frame darker than mid-grey lifted to mid-grey mean luma."""
-    luma = (thumb * thumb.new_tensor(curvegrid.LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1).flatten(1).mean(1)
-    return curvegrid.floor_gain(luma, model.apply(thumb, params), torch.full_like(luma, MID_GREY))
+    luma = (thumb * thumb.new_tensor(network.LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1).flatten(1).mean(1)
+    return network.floor_gain(luma, model.apply(thumb, params), torch.full_like(luma, MID_GREY))
 
 
 def run(model, scenes, variant: str):
-    shipped = curvegrid.CurveGrid._floor
+    shipped = network.CurveGrid._floor
     if variant == "mid-grey floor":
-        curvegrid.CurveGrid._floor = mid_grey_floor
+        network.CurveGrid._floor = mid_grey_floor
     model.train(variant == "no floor")  # train mode: the network alone, no floor
     by_offset: dict[int, list[tuple[float, float]]] = {}
     consistency, per_scene = [], []
@@ -62,7 +62,7 @@ def run(model, scenes, variant: str):
             pairs = itertools.combinations(range(len(out)), 2)
             consistency.append(np.mean([psnr(out[i], out[j]).item() for i, j in pairs]))
     finally:
-        curvegrid.CurveGrid._floor = shipped
+        network.CurveGrid._floor = shipped
         model.eval()
     return by_offset, float(np.mean(consistency)), np.array(per_scene)
 
