@@ -184,3 +184,39 @@ def test_highlight_chroma_added():
     assert highlight_chroma_added(torch.tensor([1.0, 0.8, 0.7]).view(3, 1, 1).expand(3, 4, 4), warm).item() > 5
     batch = highlight_chroma_added(torch.stack([tinted, sky * 0.5]), torch.stack([sky, sky * 0.5]))
     assert batch.shape == (2,) and batch[0] > 10 and batch[1].isnan()  # nothing bright in the second input
+
+
+def test_region_exposure_error_counts_stops_per_region():
+    import kornia
+
+    from loopexpose.metrics import reference_regions, region_exposure_error
+
+    from skimage import data, transform
+
+    photo = torch.from_numpy(transform.resize(data.astronaut(), (48, 64))).permute(2, 0, 1).float()
+    reference = photo * 0.5 + 0.2  # nothing black or clipped
+    regions = reference_regions(reference, segments=12)
+    assert int(regions.max()) >= 4
+    linear = kornia.color.rgb_to_linear_rgb(reference)
+    one_stop = kornia.color.linear_rgb_to_rgb(linear / 2)
+    assert region_exposure_error(reference, reference, regions).item() == pytest.approx(0, abs=1e-5)
+    assert region_exposure_error(one_stop, reference, regions).item() == pytest.approx(1, abs=1e-3)
+    # The left half a stop darker, the right half a stop brighter: the mean hardly moves, the regions do.
+    swapped = one_stop.clone()
+    swapped[..., 32:] = kornia.color.linear_rgb_to_rgb((linear * 2).clamp(0, 1))[..., 32:]
+    batch = torch.stack([reference, swapped])
+    errors = region_exposure_error(batch, reference, regions)
+    assert errors.shape == (2,) and errors[0] < 1e-5 and 0.6 < errors[1] < 1.01  # regions across the seam mix both
+
+
+def test_region_exposure_error_ignores_clipped_and_black_regions():
+    from loopexpose.metrics import region_exposure_error
+
+    reference = torch.ones(3, 8, 8)
+    reference[:, :, :4] = 0.5
+    regions = torch.zeros(8, 8, dtype=torch.long)
+    regions[:, 4:] = 1  # region 1 is clipped white in the reference: unknown exposure
+    image = reference.clone()
+    image[:, :, 4:] = 0.2  # whatever happens there does not count
+    assert region_exposure_error(image, reference, regions).item() == pytest.approx(0, abs=1e-6)
+    assert region_exposure_error(image, torch.ones(3, 8, 8), regions).isnan()

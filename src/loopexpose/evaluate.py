@@ -376,9 +376,12 @@ def evaluate_bracket5(
             as the error and left out (the others go on); otherwise the error is raised.
 
     Returns:
-        :class:`EvalResults` with ``psnr``, ``ssim``, ``consistency``, ``mef_ssim``, ``psnr_label`` and
-        ``chroma_added`` per SEC scene row (``psnr`` and ``ssim`` averaged over non-reference frames, the others
-        over all frames; ``chroma_added`` is :func:`loopexpose.metrics.highlight_chroma_added` of each corrected
+        :class:`EvalResults` with ``psnr``, ``ssim``, ``consistency``, ``mef_ssim``, ``psnr_label``,
+        ``chroma_added`` and ``region_ev`` per SEC scene row (``psnr``, ``ssim`` and ``region_ev`` averaged over
+        non-reference frames, the others over all frames; ``region_ev`` is
+        :func:`loopexpose.metrics.region_exposure_error` against the reference frame over its superpixels
+        (:func:`loopexpose.metrics.reference_regions`); ``chroma_added`` is
+        :func:`loopexpose.metrics.highlight_chroma_added` of each corrected
         frame against its input, over frames that have bright pixels, NaN when none has) and ``mef_ssim`` per MEF
         row. Frame rows carry the same per frame.
     """
@@ -435,6 +438,7 @@ def evaluate_bracket5(
             mef = {m.name: [next(mef_values) for _ in range(outputs[m.name].reshape(-1, 3, *frames.shape[-2:]).shape[0])]
                    for m in scored}  # fmt: skip
         results.scenes.append(scene_info)  # after the checks above: a scene left out leaves no rows
+        regions = metrics.reference_regions(target)  # superpixels of the reference frame, for region_ev
         for method in methods:
             out = outputs[method.name]
             row: dict = {"scene": key, "method": method.name, "kind": method.kind}
@@ -445,6 +449,7 @@ def evaluate_bracket5(
                 frame_mef = mef.get(method.name) if scored else None
                 frame_label = metrics.psnr(out, label.expand_as(out))
                 frame_chroma = metrics.highlight_chroma_added(out, frames)
+                frame_region = metrics.region_exposure_error(out, target, regions)
                 for i in range(len(frames)):
                     results.frame_rows.append({
                         "scene": key,
@@ -457,6 +462,7 @@ def evaluate_bracket5(
                         "mef_ssim": frame_mef[i] if frame_mef else None,
                         "psnr_label": float(frame_label[i]),
                         "chroma_added": float(frame_chroma[i]) if not frame_chroma[i].isnan() else None,
+                        "region_ev": float(frame_region[i]) if i != ref and not frame_region[i].isnan() else None,
                     })  # fmt: skip
                 row["psnr"] = float(frame_psnr[others].mean())
                 row["ssim"] = float(frame_ssim[others].mean())
@@ -465,6 +471,7 @@ def evaluate_bracket5(
                     row["mef_ssim"] = float(np.mean(frame_mef))
                 row["psnr_label"] = float(frame_label.mean())
                 row["chroma_added"] = float(frame_chroma.nanmean())  # NaN (left out of means) when nothing is bright
+                row["region_ev"] = float(frame_region[others].nanmean())
             else:
                 row["mef_ssim"] = float(mef[method.name][0])
             results.scene_rows.append(row)
@@ -604,10 +611,11 @@ METRIC_LABELS = {
     "stlpips": "ST-LPIPS",
     "psnr_label": "PSNR (dB) vs label",
     "chroma_added": "highlight chroma added",
+    "region_ev": "region exposure error (EV)",
 }
-LOWER_IS_BETTER = {"ciede2000", "stlpips", "chroma_added"}
+LOWER_IS_BETTER = {"ciede2000", "stlpips", "chroma_added", "region_ev"}
 #: Per-frame metrics with a table by input EV in reports (those a protocol measured).
-OFFSET_METRICS = ("psnr", "ssim", "mef_ssim", "psnr_label", "chroma_added", "ciede2000", "stlpips")
+OFFSET_METRICS = ("psnr", "ssim", "mef_ssim", "psnr_label", "chroma_added", "region_ev", "ciede2000", "stlpips")
 
 
 def _slug(text: str) -> str:
@@ -667,7 +675,7 @@ class Gallery:
 def _fmt(value: float | None, metric: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}" if metric in {"psnr", "consistency", "ciede2000", "psnr_label", "chroma_added"} else f"{value:.4f}"
+    return f"{value:.2f}" if metric in {"psnr", "consistency", "ciede2000", "psnr_label", "chroma_added", "region_ev"} else f"{value:.4f}"
 
 
 def summary_table(results: EvalResults, collection: str | None = None) -> tuple[list[str], list[list[str]]]:

@@ -199,6 +199,75 @@ def highlight_chroma_added(image: torch.Tensor, source: torch.Tensor, level: flo
     return torch.where(count > 0, value, torch.full_like(value, float("nan"))).reshape(lead)
 
 
+#: Regions whose reference mean luma is outside this range (black or clipped: their exposure is unknown) are
+#: left out of :func:`region_exposure_error`.
+REGION_LUMA_RANGE = (0.02, 0.95)
+
+
+def reference_regions(reference: torch.Tensor, segments: int = 100) -> torch.Tensor:
+    """Superpixels of a reference frame for :func:`region_exposure_error`: ``(3, H, W)`` in [0, 1] -> ``(H, W)``
+    int64 labels ``0 .. K-1`` (scikit-image's SLIC, about ``segments`` compact regions that follow edges).
+
+    >>> labels = reference_regions(torch.rand(3, 32, 48), segments=6)
+    >>> labels.shape, int(labels.min())
+    (torch.Size([32, 48]), 0)
+    """
+    from skimage.segmentation import slic
+
+    pixels = reference.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    labels = slic(pixels, n_segments=segments, compactness=10, start_label=0, channel_axis=-1)
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def region_exposure_error(image: torch.Tensor, reference: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """How far each region's exposure is from the reference frame's, in stops: a local exposure measure.
+
+    For every region (e.g. :func:`reference_regions` of the reference frame), the mean luma of ``image`` and of
+    ``reference`` over the region, in linear light; the error is ``|log2(image / reference)|``, averaged over
+    regions weighted by area. Regions black or clipped in the reference (:data:`REGION_LUMA_RANGE`) are left out:
+    their exposure is unknown. A global gain that matches the mean can still leave a dark subject under a bright
+    sky off by stops; this counts it.
+
+    Args:
+        image: ``(*, 3, H, W)`` corrected images in ``[0, 1]``.
+        reference: ``(3, H, W)`` the reference frame in ``[0, 1]``.
+        regions: ``(H, W)`` integer region labels ``0 .. K-1``.
+
+    Returns:
+        ``(*)`` float32 errors in stops (EV); NaN where no region qualifies.
+
+    Example:
+        >>> ref = torch.full((3, 4, 4), 0.5)
+        >>> regions = torch.zeros(4, 4, dtype=torch.long); regions[:, 2:] = 1
+        >>> import kornia
+        >>> darker = ref.clone()  # the left region one stop darker in linear light
+        >>> darker[:, :, :2] = kornia.color.linear_rgb_to_rgb(kornia.color.rgb_to_linear_rgb(ref) / 2)[:, :, :2]
+        >>> round(region_exposure_error(ref, ref, regions).item(), 3), round(region_exposure_error(darker, ref, regions).item(), 2)
+        (0.0, 0.5)
+    """
+    import kornia
+
+    _check_pair(image, reference.expand_as(image))
+    weights = image.new_tensor(LUMA_WEIGHTS).view(3, 1, 1).float()
+    lead = image.shape[:-3]
+    flat = image.detach().reshape(-1, *image.shape[-3:]).float().clamp(0, 1)
+    luma = (kornia.color.rgb_to_linear_rgb(flat) * weights).sum(-3).flatten(1)  # (N, HW)
+    ref_luma = (kornia.color.rgb_to_linear_rgb(reference.detach().float().clamp(0, 1)) * weights).sum(-3).flatten()
+    ref_srgb = (reference.detach().float().clamp(0, 1) * weights).sum(-3).flatten()
+    labels = regions.to(luma.device).flatten().long()
+    count = torch.zeros(int(labels.max()) + 1, device=luma.device).index_add_(0, labels, torch.ones_like(ref_luma))
+    area = count.clamp_min(1)
+    mean_ref = torch.zeros_like(count).index_add_(0, labels, ref_luma) / area
+    mean_ref_srgb = torch.zeros_like(count).index_add_(0, labels, ref_srgb) / area
+    mean_out = torch.zeros(luma.shape[0], count.numel(), device=luma.device).index_add_(1, labels, luma) / area
+    low, high = REGION_LUMA_RANGE
+    usable = (count > 0) & (mean_ref_srgb >= low) & (mean_ref_srgb <= high)
+    error = (torch.log2(mean_out.clamp_min(1e-5)) - torch.log2(mean_ref.clamp_min(1e-5))).abs()
+    weight = count * usable
+    value = (error * weight).sum(-1) / weight.sum().clamp_min(1)
+    return torch.where(weight.sum() > 0, value, torch.full_like(value, float("nan"))).reshape(lead)
+
+
 # ----------------------------------------------------------------------------------------------- MEF-SSIM
 
 
