@@ -69,9 +69,13 @@ COARSE_SIDE = 256
 #: ECC iterations and convergence threshold per pyramid level (coarse levels converge from far, fine ones polish).
 ECC_ITERATIONS = 60
 ECC_REFINE_ITERATIONS = 10
+#: How far ECC may move the image corners from where a level starts: on the first level a fraction of the
+#: diagonal (the coarse translation knows nothing of the rotation), on the later ones pixels of that level.
+MAX_FIRST_STEP = 0.04
+MAX_STEP = 4.0
 ECC_EPSILON = 1e-6
 #: The homography is kept unless its ECC correlation is this much below the Euclidean motion's ...
-HOMOGRAPHY_LOSS = 0.002
+HOMOGRAPHY_LOSS = 0.0
 #: ... and its perspective moves no corner further than this fraction of the diagonal (see ``_handheld``).
 MAX_PERSPECTIVE = 0.03
 #: Below this ECC correlation of the exposure-matched images a frame cannot be aligned.
@@ -354,9 +358,10 @@ def _ecc(template, image, template_mask, image_mask, matrix, motion, iterations)
 def _estimate_pair(pair: _Pair, info: dict | None = None) -> tuple[np.ndarray, str, float]:
     """``(template -> input matrix at the estimation scale, model, correlation)`` for one exposure-matched pair.
 
-    Coarse to fine: the Euclidean motion on every pyramid level but the finest (on the finest when there is only
-    one); there, the outliers are masked and the homography fitted and checked; finer levels refine it with few
-    iterations from a start that is already within a fraction of a pixel.
+    Coarse to fine: the Euclidean motion on every pyramid level. On the last-but-one level (the only one for
+    small images) the pixels it explains worst are masked and the homography is fitted from it, then refined on
+    the finest level with few iterations. The homography is kept when it is plausible for a turned camera and
+    correlates at least as well as the Euclidean motion on the finest level.
     """
     templates = _pyramid(pair.template, COARSE_SIDE)
     images = _pyramid(pair.input, COARSE_SIDE)
@@ -364,48 +369,68 @@ def _estimate_pair(pair: _Pair, info: dict | None = None) -> tuple[np.ndarray, s
     image_masks = _mask_pyramid(pair.input_mask, len(images))
     levels = list(zip(templates, images, template_masks, image_masks))
     fine = templates[-1]
-    matrix = _coarse_translation(pair, COARSE_SIDE)  # at the estimation scale
-    euclidean_levels = max(1, len(levels) - 1)
-    rho = -math.inf
-    for number, (template, image, template_mask, image_mask) in enumerate(levels[:euclidean_levels]):
-        scale = _level_scale(fine, template)
-        iterations = ECC_ITERATIONS if number == 0 else ECC_REFINE_ITERATIONS
-        level_rho, level_matrix = _ecc(template, image, template_mask, image_mask,
-                                       _rescale(matrix, np.linalg.inv(scale)), cv2.MOTION_EUCLIDEAN, iterations)  # fmt: skip
-        if math.isfinite(level_rho):
-            rho, matrix = level_rho, _rescale(level_matrix, scale)
-    if not math.isfinite(rho):
-        return matrix, "none", rho
+    start = _coarse_translation(pair, COARSE_SIDE)  # at the estimation scale
+    first_reach = MAX_FIRST_STEP * math.hypot(*templates[0].shape)
+    euclidean = _refine(levels, start, cv2.MOTION_EUCLIDEAN, first_reach, fine.shape)
+    if euclidean is None:
+        return start, "none", -math.inf
     # What moved in the scene (water, people, a lamp's glow that grows with exposure) breaks the least-squares
-    # fit: leave out the pixels the Euclidean fit explains worst, then fit the homography.
-    template, image, template_mask, image_mask = levels[euclidean_levels - 1]
-    scale = _level_scale(fine, template)
-    level_matrix = _rescale(matrix, np.linalg.inv(scale))
-    inliers = _inliers(template, image, template_mask, image_mask, level_matrix)
-    converged, homography = _ecc(template, image, inliers, image_mask, level_matrix, cv2.MOTION_HOMOGRAPHY,
-                                 ECC_ITERATIONS)  # fmt: skip
-    rho = _masked_correlation(template, image, inliers, image_mask, level_matrix)[0]
-    h_rho = _masked_correlation(template, image, inliers, image_mask, homography)[0]
+    # fit: leave out the pixels the Euclidean motion explains worst, then fit the homography.
+    middle = max(0, len(levels) - 2)
+    template, image, template_mask, image_mask = levels[middle]
+    inliers = _inliers(template, image, template_mask, image_mask,
+                       _rescale(euclidean, np.linalg.inv(_level_scale(fine, template))))  # fmt: skip
+    masked = [(t, i, m & cv2.resize(inliers, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST), im)
+              for t, i, m, im in levels[middle:]]  # fmt: skip
+    reach = MAX_PERSPECTIVE * math.hypot(*template.shape)
+    homography = _refine(masked, euclidean, cv2.MOTION_HOMOGRAPHY, reach, fine.shape)
+    fine_masks = masked[-1][2], image_masks[-1]
+    rho = _masked_correlation(fine, images[-1], *fine_masks, euclidean)[0]
+    h_rho = -1.0
+    if homography is not None and not np.allclose(homography, euclidean, rtol=0, atol=1e-9):
+        h_rho = _masked_correlation(fine, images[-1], *fine_masks, homography)[0]
     if info is not None:
-        info.update(euclidean=matrix, rho_e=rho, rho_h=h_rho)
-    if not (math.isfinite(converged) and h_rho >= rho - HOMOGRAPHY_LOSS and _handheld(homography, *template.shape)):
-        if info is not None:
-            info.update(homography=matrix)
-        return matrix, "euclidean", _masked_correlation(fine, images[-1], template_masks[-1], image_masks[-1],
-                                                        matrix)[0]  # fmt: skip
-    homography = _rescale(homography, scale)
-    for template, image, template_mask, image_mask in levels[euclidean_levels:]:
-        scale = _level_scale(fine, template)
-        inliers = template_mask & cv2.resize(inliers, (template.shape[1], template.shape[0]),
-                                             interpolation=cv2.INTER_NEAREST)  # fmt: skip
-        converged, refined = _ecc(template, image, inliers, image_mask, _rescale(homography, np.linalg.inv(scale)),
-                                  cv2.MOTION_HOMOGRAPHY, ECC_REFINE_ITERATIONS)  # fmt: skip
-        if math.isfinite(converged):
-            homography = _rescale(refined, scale)
-    if info is not None:
-        info.update(homography=homography)
-    return homography, "homography", _masked_correlation(fine, images[-1], template_masks[-1], image_masks[-1],
-                                                         homography)[0]  # fmt: skip
+        info.update(euclidean=euclidean, homography=homography, rho_e=rho, rho_h=h_rho)
+    if h_rho >= rho and _handheld(homography, *fine.shape):
+        model, matrix = "homography", homography
+    else:
+        model, matrix = "euclidean", euclidean
+    return matrix, model, _masked_correlation(fine, images[-1], template_masks[-1], image_masks[-1], matrix)[0]
+
+
+def _refine(levels, start: np.ndarray, motion: int, first_reach: float, fine: tuple[int, int]) -> np.ndarray | None:
+    """ECC of ``motion`` over ``levels`` (coarse first: ``(template, image, template_mask, image_mask)``) from
+    ``start``, a matrix at the scale of a ``fine`` ``(height, width)`` image; the result at that scale, or
+    ``None`` when ECC converged on no level (too little texture).
+
+    A level may only refine: with little valid area (a frame nearly black or white) ECC can wander off, so a
+    step is not taken when it moves a corner further than ``first_reach`` (first level) or :data:`MAX_STEP`
+    pixels (later levels, which start within a pixel or two), or when it moves one more than a pixel and
+    lowers the correlation.
+    """
+    matrix, converged = start, False
+    for number, (template, image, template_mask, image_mask) in enumerate(levels):
+        scale = _scale_matrix(fine[1] / template.shape[1], fine[0] / template.shape[0])
+        level_start = _rescale(matrix, np.linalg.inv(scale))
+        iterations = ECC_ITERATIONS if number == 0 else ECC_REFINE_ITERATIONS
+        rho, result = _ecc(template, image, template_mask, image_mask, level_start, motion, iterations)
+        if not math.isfinite(rho):
+            continue
+        converged = True
+        step = _distance(result, level_start, *template.shape)
+        if step > (first_reach if number == 0 else MAX_STEP):
+            continue
+        if step > 1 and _masked_correlation(template, image, template_mask, image_mask, result)[0] < \
+                _masked_correlation(template, image, template_mask, image_mask, level_start)[0]:  # fmt: skip
+            continue
+        matrix = _rescale(result, scale)
+    return matrix if converged else None
+
+
+def _distance(a: np.ndarray, b: np.ndarray, height: int, width: int) -> float:
+    """How far apart two homographies put the corners of a ``height x width`` image (pixels, the largest)."""
+    corners = _corners(height, width)
+    return float(np.linalg.norm(_apply(a, corners) - _apply(b, corners), axis=1).max())
 
 
 def _handheld(matrix: np.ndarray, height: int, width: int) -> bool:
@@ -646,7 +671,7 @@ def align_frames(
         >>> frames = torch.cat([scene[..., 8:72, 10:110], 0.5 * scene[..., 5:69, 12:112]])
         >>> result = align_frames(frames)
         >>> [(round(m.dx, 1), round(m.dy, 1), m.model) for m in result.motions]
-        [(0.0, 0.0, 'reference'), (-2.0, 3.0, 'homography')]
+        [(0.0, 0.0, 'reference'), (-2.0, 3.0, 'euclidean')]
         >>> result.crop, tuple(result.frames.shape)
         ((2, 0, 98, 61), (2, 3, 61, 98))
     """
