@@ -4,25 +4,31 @@ A handheld bracket moves between frames (a few pixels of translation, a fraction
 perspective); fused as it is, every edge doubles. :func:`align_frames` estimates each frame's motion against a
 reference frame, warps the frames onto the reference's pixel grid and crops them to the region every frame covers.
 
-How the motion is estimated (:func:`estimate_motion`), on grey images downscaled to at most
-:data:`ESTIMATE_SIDE` pixels a side (large photos cost little more than small ones; the warp is at full size):
+How the motion is estimated (:func:`estimate_motion`), per frame against the reference, on grey images
+downscaled to at most :data:`ESTIMATE_SIDE` pixels a side (so a 12 MP bracket costs little more than a small
+one; only the warp is at full size), pairs in parallel:
 
-1. **Exposure matching.** Of each pair (reference, frame), the brighter grey image is mapped onto the darker one's
-   histogram: a monotone tone curve, so an edge stays where it is while its contrast is matched. Mapping down
-   never stretches the darker frame's quantisation steps. Pixels clipped at white in the brighter frame, or in
-   the noise floor of the darker one, are masked out.
-2. **Translation.** Median-threshold bitmaps (Ward's MTB, ``cv2.AlignMTB``) on a pyramid give a coarse, exposure-
-   invariant integer shift at :data:`COARSE_SIDE`; phase correlation of the matched images refines it to a
-   fraction of a pixel.
+1. **Exposure matching.** Of each pair, the brighter grey image is mapped onto the darker one's histogram: a
+   monotone tone curve, so edges stay where they are while their contrast is matched. Mapping down never
+   stretches the darker frame's quantisation steps. Pixels clipped in any channel of the brighter frame (with a
+   margin), or in the noise floor of the darker one, are masked out. The darker, noisier image is ECC's
+   template, which is never resampled (resampling smooths noise, and the correlation would reward that).
+2. **Translation.** Median-threshold bitmaps (Ward's MTB, ``cv2.AlignMTB``, exposure-invariant, integer) refined
+   by phase correlation, or phase correlation alone, whichever correlates better, at :data:`COARSE_SIDE`.
 3. **Refinement.** The enhanced correlation coefficient (ECC, ``cv2.findTransformECCWithMask``, Evangelidis and
-   Psarakis 2008) of the matched images, with the masks, refines a Euclidean motion (rotation and translation)
-   from coarse to fine over a pyramid; at the finest level a homography starts from the Euclidean motion.
-4. **Model choice.** The homography is kept when it raises the correlation by at least :data:`HOMOGRAPHY_GAIN`
-   and its corners stay within :data:`MAX_PERSPECTIVE` of the Euclidean motion's; else the Euclidean motion.
-5. **Sanity.** A frame *cannot be aligned* when its correlation stays below :data:`MIN_CORRELATION` (another
-   scene, or a frame too dark or bright to match), when the reference has too little texture to register
-   against, or when the motion is implausible for a handheld bracket (a shift over :data:`MAX_SHIFT` of the
-   side, a rotation over :data:`MAX_ROTATION` degrees, a scale change over :data:`MAX_SCALE`).
+   Psarakis 2008) of the matched images refines a Euclidean motion (rotation and translation) from coarse to
+   fine over a pyramid. A level's step is refused when it wanders (:data:`MAX_FIRST_STEP`, :data:`MAX_STEP`) or
+   lowers the correlation: with little valid area, a frame nearly black or white, ECC can drift off.
+4. **Homography.** On the last-but-one level the pixels the Euclidean motion explains worst are masked (what
+   moved in the scene: water, people, a lamp's glow that grows with exposure), and a homography is fitted from
+   the Euclidean motion and refined on the finest level: a turned camera's perspective, which handheld shake
+   always adds. It is kept when it correlates at least as well as the Euclidean motion there and looks like a
+   turned camera (perspective within :data:`MAX_PERSPECTIVE`, no shear); else the Euclidean motion.
+5. **Sanity.** A frame *cannot be aligned* when its correlation with the reference stays below
+   :data:`MIN_CORRELATION` (another scene, or a frame too dark or bright to match), when it has too little
+   texture (:data:`MIN_TEXTURE`), when ECC converges nowhere, or when the motion is implausible for a handheld
+   bracket (a shift over :data:`MAX_SHIFT` of the side, a rotation over :data:`MAX_ROTATION` degrees, a scale
+   change over :data:`MAX_SCALE`).
 
 **Rule for frames that cannot be aligned:** they are left out of the aligned bracket (fusing them unaligned
 would ghost every edge, and a frame of another scene has no place in the result), with a
@@ -66,22 +72,21 @@ __all__ = [
 ESTIMATE_SIDE = 1024
 #: Long side at which the coarse translation (MTB, phase correlation) and the first ECC level run.
 COARSE_SIDE = 256
-#: ECC iterations and convergence threshold per pyramid level (coarse levels converge from far, fine ones polish).
+#: ECC iterations on the first level of a fit (which starts from far) and on the finer ones (which polish), and
+#: the convergence threshold on the correlation.
 ECC_ITERATIONS = 60
 ECC_REFINE_ITERATIONS = 10
+ECC_EPSILON = 1e-6
 #: How far ECC may move the image corners from where a level starts: on the first level a fraction of the
 #: diagonal (the coarse translation knows nothing of the rotation), on the later ones pixels of that level.
 MAX_FIRST_STEP = 0.04
 MAX_STEP = 4.0
-ECC_EPSILON = 1e-6
-#: The homography is kept unless its ECC correlation is this much below the Euclidean motion's ...
-HOMOGRAPHY_LOSS = 0.0
-#: ... and its perspective moves no corner further than this fraction of the diagonal (see ``_handheld``).
+#: A homography is kept only if its perspective moves no corner further than this fraction of the diagonal.
 MAX_PERSPECTIVE = 0.03
 #: Below this ECC correlation of the exposure-matched images a frame cannot be aligned.
 MIN_CORRELATION = 0.5
-#: How the frames are resampled at full size.
-#: Bicubic: bilinear is 2.5x faster but its blur alone costs 0.003 of fused MEF-SSIM (bench/align.py).
+#: How the frames are resampled at full size: bicubic. Bilinear is 2.5x faster, but its blur alone costs 0.003 of
+#: fused MEF-SSIM on the benchmark's brackets (bench/align.py), most of the 0.005 allowed for alignment.
 WARP_INTERPOLATION = cv2.INTER_CUBIC
 #: Plausible handheld motion: shift (fraction of the side), rotation (degrees), scale change (fraction).
 MAX_SHIFT = 0.15
@@ -90,7 +95,7 @@ MAX_SCALE = 0.05
 #: Pixels darker than this in the darker frame (noise floor), or brighter than ``1 - CLIP`` in the brighter one
 #: (clipped highlights), are left out of the ECC objective.
 CLIP = 0.03
-#: The reference needs at least this fraction of unclipped pixels with visible gradients to register against.
+#: A pair needs at least this fraction of unclipped pixels with visible gradients to be registered.
 MIN_TEXTURE = 0.02
 
 
