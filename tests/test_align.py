@@ -83,6 +83,18 @@ def test_reference_can_be_chosen_and_motion_inverts(handheld):
     assert grid_error(motions[1].matrix, np.linalg.inv(truth[0]), height, width) < 0.25
 
 
+def test_far_exposure_is_registered_through_its_neighbour():
+    height, width = 256, 384
+    truth = [camera_motion(3.0, -2.0, 0.5, height, width), camera_motion(-2.0, 1.0, -0.3, height, width), np.eye(3)]
+    _, shaken = shaken_bracket(truth, (-7.0, -3.5, 0.0), side=480)
+    noise = torch.randn(shaken[0].shape, generator=torch.Generator().manual_seed(0)) * 2 / 255
+    shaken[0] = torch.round((shaken[0] + noise).clamp(0, 1) * 255) / 255  # -7 EV: a few noisy levels
+    motions = estimate_motion(shaken, reference=2)
+    assert motions[0].via == "frame 1" and motions[1].via == ""
+    assert "(via frame 1)" in motions[0].describe()
+    assert grid_error(motions[0].matrix, truth[0], height, width) < 0.3
+
+
 def test_common_crop_of_translations_is_exact():
     height, width = 100, 200
     shift = np.array([[1, 0, 5], [0, 1, -3], [0, 0, 1]], np.float64)  # the frame's content moved right 5, up 3

@@ -412,7 +412,8 @@ def _motion_report(alignment) -> str:
         elif not motion.aligned:
             rows.append(f"| {motion.name} | **left out**: {motion.problem} | | | {motion.correlation:.3f} |")
         else:
-            rows.append(f"| {motion.name} | {motion.model} | {motion.dx:+.2f}, {motion.dy:+.2f} | "
+            model = f"{motion.model} via {motion.via}" if motion.via else motion.model
+            rows.append(f"| {motion.name} | {model} | {motion.dx:+.2f}, {motion.dy:+.2f} | "
                         f"{motion.rotation:+.2f} | {motion.correlation:.3f} |")  # fmt: skip
     return (
         f"Aligned to **{alignment.motions[alignment.reference].name}**, cropped to {width}x{height} at ({x}, {y}):\n\n"

@@ -83,8 +83,10 @@ MAX_FIRST_STEP = 0.04
 MAX_STEP = 4.0
 #: A homography is kept only if its perspective moves no corner further than this fraction of the diagonal.
 MAX_PERSPECTIVE = 0.03
-#: Below this ECC correlation of the exposure-matched images a frame cannot be aligned.
+#: Below this correlation of the exposure-matched images with the reference a frame cannot be aligned ...
 MIN_CORRELATION = 0.5
+#: ... and below this one it is also registered through its neighbour in exposure (the better one is kept).
+CHAIN_BELOW = 0.9
 #: How the frames are resampled at full size: bicubic. Bilinear is 2.5x faster, but its blur alone costs 0.003 of
 #: fused MEF-SSIM on the benchmark's brackets (bench/align.py), most of the 0.005 allowed for alignment.
 WARP_INTERPOLATION = cv2.INTER_CUBIC
@@ -118,6 +120,9 @@ class Motion:
             ``[-1, 1]`` (1 for the reference); the confidence of the estimate.
         aligned: whether the frame is in the aligned bracket.
         problem: why it could not be aligned (empty when aligned).
+        via: the frame it was registered through when it shared too little with the reference directly (its
+            neighbour in exposure, itself aligned); empty when registered to the reference. ``correlation`` is
+            then the one with that frame.
         matrix: ``(3, 3)`` homography mapping reference pixels ``(x, y, 1)`` to this frame's pixels (full size,
             pixel centres at integers); identity for the reference.
     """
@@ -130,6 +135,7 @@ class Motion:
     correlation: float
     aligned: bool = True
     problem: str = ""
+    via: str = ""
     matrix: np.ndarray = field(default_factory=lambda: np.eye(3), repr=False, compare=False)
 
     def describe(self) -> str:
@@ -137,7 +143,7 @@ class Motion:
         if self.model == "reference":
             return "reference"
         text = (f"dx {self.dx:+.2f} px, dy {self.dy:+.2f} px, rotation {self.rotation:+.2f} deg, {self.model}, "
-                f"correlation {self.correlation:.3f}")  # fmt: skip
+                f"correlation {self.correlation:.3f}" + (f" (via {self.via})" if self.via else ""))  # fmt: skip
         return text if self.aligned else f"left out: {self.problem}"
 
 
@@ -391,12 +397,11 @@ def _estimate_pair(pair: _Pair, info: dict | None = None) -> tuple[np.ndarray, s
     homography = _refine(masked, euclidean, cv2.MOTION_HOMOGRAPHY, reach, fine.shape)
     fine_masks = masked[-1][2], image_masks[-1]
     rho = _masked_correlation(fine, images[-1], *fine_masks, euclidean)[0]
-    h_rho = -1.0
-    if homography is not None and not np.allclose(homography, euclidean, rtol=0, atol=1e-9):
-        h_rho = _masked_correlation(fine, images[-1], *fine_masks, homography)[0]
+    moved = homography is not None and not np.allclose(homography, euclidean, rtol=0, atol=1e-9)
+    h_rho = _masked_correlation(fine, images[-1], *fine_masks, homography)[0] if moved else -1.0
     if info is not None:
         info.update(euclidean=euclidean, homography=homography, rho_e=rho, rho_h=h_rho)
-    if h_rho >= rho and _handheld(homography, *fine.shape):
+    if moved and h_rho >= rho and _handheld(homography, *fine.shape):
         model, matrix = "homography", homography
     else:
         model, matrix = "euclidean", euclidean
@@ -520,30 +525,49 @@ def estimate_motion(
     to_full = _scale_matrix(width / size[0], height / size[1])
     greys = [_grey(frame, size) for frame in frames]
 
-    def motion_of(index: int) -> Motion:
-        if index == reference:
-            return Motion(names[index], 0.0, 0.0, 0.0, "reference", 1.0)
-        pair = _matched_pair(greys[reference], greys[index])
+    def register(base: int, index: int, base_matrix: np.ndarray, via: str = "") -> Motion:
+        """Frame ``index`` against frame ``base``, whose own motion is ``base_matrix`` (reference -> base)."""
+        pair = _matched_pair(greys[base], greys[index])
         if not _textured(pair):
             return _failed(names[index], "too little texture to register")
         matrix, model, rho = _estimate_pair(pair)
-        full = _rescale(matrix if pair.template_is_reference else np.linalg.inv(matrix), to_full)
+        step = _rescale(matrix if pair.template_is_reference else np.linalg.inv(matrix), to_full)  # base -> index
+        full = step @ base_matrix
+        full /= full[2, 2]
         dx, dy, rotation, scale = _describe_matrix(full, height, width)
-        problem = _implausible(model, rho, dx, dy, rotation, scale, height, width)
+        problem = _implausible(model, rho, dx, dy, rotation, scale, height, width, names[base])
         if problem:
             return _failed(names[index], problem, dx, dy, rotation, rho, full)
-        return Motion(names[index], dx, dy, rotation, model, rho, matrix=full)
+        return Motion(names[index], dx, dy, rotation, model, rho, matrix=full, via=via)
 
     # OpenCV releases the GIL and parallelises little inside ECC: pairs in parallel use the cores.
     with ThreadPoolExecutor(max_workers=max(1, min(count - 1, cv2.getNumberOfCPUs()))) as pool:
-        return list(pool.map(motion_of, range(count)))
+        motions = list(pool.map(lambda i: register(reference, i, np.eye(3)) if i != reference else
+                                Motion(names[i], 0.0, 0.0, 0.0, "reference", 1.0), range(count)))  # fmt: skip
+    # A frame far from the reference in exposure (nearly black or white but for its highlights or shadows) may
+    # share too little with it: register it to its aligned neighbour in exposure too, as a chain, and keep that
+    # when it correlates better.
+    brightness = [float(grey[0].mean()) for grey in greys]
+    for side in (-1, 1):  # darker frames, then brighter ones, each from the reference outwards
+        chain = sorted((i for i in range(count) if (brightness[i] - brightness[reference]) * side > 0),
+                       key=lambda i: abs(brightness[i] - brightness[reference]))  # fmt: skip
+        neighbour = reference
+        for index in chain:
+            weak = not motions[index].aligned or motions[index].correlation < CHAIN_BELOW
+            if weak and neighbour != reference:
+                retry = register(neighbour, index, motions[neighbour].matrix, via=names[neighbour])
+                if retry.aligned and (not motions[index].aligned or retry.correlation > motions[index].correlation):
+                    motions[index] = retry
+            if motions[index].aligned:
+                neighbour = index
+    return motions
 
 
-def _implausible(model, rho, dx, dy, rotation, scale, height, width) -> str:
+def _implausible(model, rho, dx, dy, rotation, scale, height, width, base) -> str:
     if model == "none":
-        return "no registration converged (too little texture shared with the reference?)"
+        return f"no registration converged (too little texture shared with {base}?)"
     if rho < MIN_CORRELATION:
-        return f"correlation with the reference {rho:.2f} < {MIN_CORRELATION} (another scene, or no shared detail)"
+        return f"correlation with {base} {rho:.2f} < {MIN_CORRELATION} (another scene, or no shared detail)"
     if abs(dx) > MAX_SHIFT * width or abs(dy) > MAX_SHIFT * height:
         return f"shift ({dx:+.0f}, {dy:+.0f}) px is more than {MAX_SHIFT:.0%} of the frame"
     if abs(rotation) > MAX_ROTATION:

@@ -215,7 +215,8 @@ def motion_table(scene: str, alignment: Alignment) -> Table:
         elif not motion.aligned:
             table.add_row(name, "", "", "", f"[red]left out: {escape(motion.problem)}[/]", f"{motion.correlation:.3f}")
         else:
-            table.add_row(name, f"{motion.dx:+.2f}", f"{motion.dy:+.2f}", f"{motion.rotation:+.2f}", motion.model,
+            model = f"{motion.model} via {escape(motion.via)}" if motion.via else motion.model
+            table.add_row(name, f"{motion.dx:+.2f}", f"{motion.dy:+.2f}", f"{motion.rotation:+.2f}", model,
                           f"{motion.correlation:.3f}")  # fmt: skip
     return table
 
