@@ -17,7 +17,7 @@ one; only the warp is at full size), pairs in parallel:
    by phase correlation, or phase correlation alone, whichever correlates better, at :data:`COARSE_SIDE`.
 3. **Refinement.** The enhanced correlation coefficient (ECC, ``cv2.findTransformECCWithMask``, Evangelidis and
    Psarakis 2008) of the matched images refines a Euclidean motion (rotation and translation) from coarse to
-   fine over a pyramid. A level's step is refused when it wanders (:data:`MAX_FIRST_STEP`, :data:`MAX_STEP`) or
+   fine over a pyramid; then the tone curve is matched again on the part of the scene both frames show. A level's step is refused when it wanders (:data:`MAX_STEP`) or
    lowers the correlation: with little valid area, a frame nearly black or white, ECC can drift off.
 4. **Homography.** On the last-but-one level the pixels the Euclidean motion explains worst are masked (what
    moved in the scene: water, people, a lamp's glow that grows with exposure), and a homography is fitted from
@@ -77,12 +77,13 @@ COARSE_SIDE = 256
 ECC_ITERATIONS = 60
 ECC_REFINE_ITERATIONS = 10
 ECC_EPSILON = 1e-6
-#: How far ECC may move the image corners from where a level starts: on the first level a fraction of the
-#: diagonal (the coarse translation knows nothing of the rotation), on the later ones pixels of that level.
-MAX_FIRST_STEP = 0.04
-MAX_STEP = 4.0
+#: The Gaussian ECC smooths both images with (side, pixels); our own correlations smooth alike.
+ECC_BLUR = 5
+#: How far ECC may move the image corners from where a level starts, as a fraction of that level's diagonal (and
+#: :data:`MAX_PERSPECTIVE` when a homography starts from the Euclidean motion).
+MAX_STEP = 0.04
 #: A homography is kept only if its perspective moves no corner further than this fraction of the diagonal.
-MAX_PERSPECTIVE = 0.03
+MAX_PERSPECTIVE = 0.06
 #: Below this correlation of the exposure-matched images with the reference a frame cannot be aligned ...
 MIN_CORRELATION = 0.5
 #: ... and below this one it is also registered through its neighbour in exposure (the better one is kept).
@@ -116,8 +117,8 @@ class Motion:
         rotation: degrees; positive: this frame's content is turned clockwise on screen against the reference.
         model: ``"reference"``, ``"euclidean"`` (rotation and translation), ``"homography"`` or ``"none"``
             (could not be aligned).
-        correlation: ECC correlation coefficient of the exposure-matched grey images after alignment, in
-            ``[-1, 1]`` (1 for the reference); the confidence of the estimate.
+        correlation: correlation coefficient of the exposure-matched grey images after alignment, over the
+            pixels that hold detail in both, in ``[-1, 1]`` (1 for the reference); the confidence of the estimate.
         aligned: whether the frame is in the aligned bracket.
         problem: why it could not be aligned (empty when aligned).
         via: the frame it was registered through when it shared too little with the reference directly (its
@@ -308,24 +309,11 @@ def _level_scale(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
 
 
 def _equalise(image: np.ndarray, bins: int = 1024) -> np.ndarray:
-    """``image`` (grey in [0, 1]) through its own cumulative histogram: uniform levels, the order of pixels kept."""
+    """``image`` (grey in [0, 1]) through its own cumulative histogram: uniform levels, the order of pixels kept.
+    Hand-written for the reason :func:`_match_histogram` gives (``cv2.equalizeHist`` takes 8-bit images only)."""
     index = np.minimum((image * bins).astype(np.int32), bins - 1)
     cdf = np.cumsum(np.bincount(index.ravel(), minlength=bins)) / index.size
     return cdf.astype(np.float32)[index]
-
-
-def _overlap_correlation(reference: np.ndarray, frame: np.ndarray, matrix: np.ndarray) -> float:
-    """Normalised cross-correlation of ``reference`` and ``frame`` warped by ``matrix`` (reference -> frame pixels)
-    over the pixels the frame covers; -1 when they barely overlap."""
-    size = (reference.shape[1], reference.shape[0])
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpPerspective(frame, matrix, size, flags=flags, borderValue=-1.0)
-    inside = warped >= 0
-    if inside.mean() < 0.25:
-        return -1.0
-    a, b = reference[inside], warped[inside]
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (math.sqrt(float((a * a).sum()) * float((b * b).sum())) + 1e-12))
 
 
 def _coarse_translation(pair: _Pair, coarse: int) -> np.ndarray:
@@ -349,7 +337,8 @@ def _coarse_translation(pair: _Pair, coarse: int) -> np.ndarray:
         by_mtb[:2, 2] += (rx, ry)
     (px, py), _ = cv2.phaseCorrelate(reference, frame, window)
     by_phase = np.array([[1, 0, px], [0, 1, py], [0, 0, 1]], np.float64)
-    best = max((by_mtb, by_phase), key=lambda m: _overlap_correlation(reference, frame, m))
+    everywhere = np.ones_like(reference, dtype=np.uint8)
+    best = max((by_mtb, by_phase), key=lambda m: _masked_correlation(reference, frame, everywhere, everywhere, m)[0])
     return _rescale(best, scale)
 
 
@@ -358,7 +347,8 @@ def _ecc(template, image, template_mask, image_mask, matrix, motion, iterations)
     warp = matrix[:2].astype(np.float32) if motion != cv2.MOTION_HOMOGRAPHY else matrix.astype(np.float32)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, iterations, ECC_EPSILON)
     try:
-        rho, warp = cv2.findTransformECCWithMask(template, image, template_mask, image_mask, warp, motion, criteria, 5)
+        rho, warp = cv2.findTransformECCWithMask(template, image, template_mask, image_mask, warp, motion, criteria,
+                                                 ECC_BLUR)  # fmt: skip
     except cv2.error:  # "the algorithm stopped before its convergence" or singular Hessian: no texture to use
         return -math.inf, matrix
     result = np.eye(3)
@@ -381,10 +371,14 @@ def _estimate_pair(pair: _Pair, info: dict | None = None) -> tuple[np.ndarray, s
     levels = list(zip(templates, images, template_masks, image_masks))
     fine = templates[-1]
     start = _coarse_translation(pair, COARSE_SIDE)  # at the estimation scale
-    first_reach = MAX_FIRST_STEP * math.hypot(*templates[0].shape)
-    euclidean = _refine(levels, start, cv2.MOTION_EUCLIDEAN, first_reach, fine.shape)
+    euclidean = _refine(levels, start, cv2.MOTION_EUCLIDEAN, MAX_STEP, fine.shape)
     if euclidean is None:
         return start, "none", -math.inf
+    # The histograms matched before registration describe slightly different views of the scene; with the frames
+    # now registered to a pixel, the tone curve is matched again on the part of the scene both show.
+    curve = _tone_curve(fine, images[-1], template_masks[-1], image_masks[-1], euclidean)
+    images = _pyramid(curve(images[-1]), COARSE_SIDE)
+    levels = list(zip(templates, images, template_masks, image_masks))
     # What moved in the scene (water, people, a lamp's glow that grows with exposure) breaks the least-squares
     # fit: leave out the pixels the Euclidean motion explains worst, then fit the homography.
     middle = max(0, len(levels) - 2)
@@ -393,8 +387,7 @@ def _estimate_pair(pair: _Pair, info: dict | None = None) -> tuple[np.ndarray, s
                        _rescale(euclidean, np.linalg.inv(_level_scale(fine, template))))  # fmt: skip
     masked = [(t, i, m & cv2.resize(inliers, (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST), im)
               for t, i, m, im in levels[middle:]]  # fmt: skip
-    reach = MAX_PERSPECTIVE * math.hypot(*template.shape)
-    homography = _refine(masked, euclidean, cv2.MOTION_HOMOGRAPHY, reach, fine.shape)
+    homography = _refine(masked, euclidean, cv2.MOTION_HOMOGRAPHY, MAX_PERSPECTIVE, fine.shape)
     fine_masks = masked[-1][2], image_masks[-1]
     rho = _masked_correlation(fine, images[-1], *fine_masks, euclidean)[0]
     moved = homography is not None and not np.allclose(homography, euclidean, rtol=0, atol=1e-9)
@@ -414,9 +407,9 @@ def _refine(levels, start: np.ndarray, motion: int, first_reach: float, fine: tu
     ``None`` when ECC converged on no level (too little texture).
 
     A level may only refine: with little valid area (a frame nearly black or white) ECC can wander off, so a
-    step is not taken when it moves a corner further than ``first_reach`` (first level) or :data:`MAX_STEP`
-    pixels (later levels, which start within a pixel or two), or when it moves one more than a pixel and
-    lowers the correlation.
+    step is not taken when it moves a corner further than ``first_reach`` (on the first level) or
+    :data:`MAX_STEP` (later) times the level's diagonal, or when it moves one more than a pixel and lowers the
+    correlation.
     """
     matrix, converged = start, False
     for number, (template, image, template_mask, image_mask) in enumerate(levels):
@@ -428,7 +421,7 @@ def _refine(levels, start: np.ndarray, motion: int, first_reach: float, fine: tu
             continue
         converged = True
         step = _distance(result, level_start, *template.shape)
-        if step > (first_reach if number == 0 else MAX_STEP):
+        if step > (first_reach if number == 0 else MAX_STEP) * math.hypot(*template.shape):
             continue
         if step > 1 and _masked_correlation(template, image, template_mask, image_mask, result)[0] < \
                 _masked_correlation(template, image, template_mask, image_mask, level_start)[0]:  # fmt: skip
@@ -460,13 +453,42 @@ def _handheld(matrix: np.ndarray, height: int, width: int) -> bool:
     return bool(bend <= MAX_PERSPECTIVE * math.hypot(height, width) and stretch[0] / stretch[1] - 1 <= MAX_SCALE)
 
 
+def _tone_curve(template, image, template_mask, image_mask, matrix, bins: int = 1024):
+    """The monotone curve that gives ``image``'s pixels the histogram of the ``template`` pixels they face once
+    ``image`` is warped by ``matrix`` (template -> image pixels), both over the pixels valid in both: the same
+    part of the scene on both sides, unlike the whole frames' histograms before registration."""
+    size = (template.shape[1], template.shape[0])
+    warped = cv2.warpPerspective(image, matrix, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    covered = cv2.warpPerspective(image_mask, matrix, size, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    valid = (template_mask > 0) & (covered > 0)
+    if valid.sum() < 100:
+        return lambda x: x
+
+    def cdf(values: np.ndarray) -> np.ndarray:
+        index = np.minimum((values * bins).astype(np.int64), bins - 1)
+        return np.cumsum(np.bincount(index, minlength=bins)) / values.size
+
+    source, target = cdf(warped[valid]), cdf(template[valid])
+    edges = np.arange(1, bins + 1) / bins  # the upper edge of each bin: where its cumulative count is reached
+    levels = np.interp(source, target, edges).astype(np.float32)
+
+    def curve(x: np.ndarray) -> np.ndarray:
+        return np.interp(x, edges, levels).astype(np.float32)
+
+    return curve
+
+
 def _masked_correlation(template, image, template_mask, image_mask, matrix) -> tuple[float, np.ndarray, np.ndarray]:
     """``(correlation, difference, valid)``: the correlation coefficient of ``template`` and ``image`` warped by
     ``matrix`` (template -> image pixels) over the pixels valid in both; their difference after standardising
-    both over those pixels, and the boolean map of those pixels. Correlation -1 when fewer than 100 are valid."""
+    both over those pixels, and the boolean map of those pixels. Correlation -1 when fewer than 100 are valid.
+    Both images are smoothed as ECC smooths them (5 x 5 Gaussian), so that this agrees with what ECC optimised."""
     size = (template.shape[1], template.shape[0])
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpPerspective(image, matrix, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    template = cv2.GaussianBlur(template, (ECC_BLUR, ECC_BLUR), 0)
+    warped = cv2.warpPerspective(cv2.GaussianBlur(image, (ECC_BLUR, ECC_BLUR), 0), matrix, size, flags=flags,
+                                 borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
     covered = cv2.warpPerspective(image_mask, matrix, size, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
     valid = (template_mask > 0) & (covered > 0)
     if valid.sum() < 100:
@@ -699,8 +721,8 @@ def align_frames(
         >>> scene = torch.nn.functional.interpolate(torch.rand(1, 3, 40, 60), scale_factor=2, mode="bilinear")
         >>> frames = torch.cat([scene[..., 8:72, 10:110], 0.5 * scene[..., 5:69, 12:112]])
         >>> result = align_frames(frames)
-        >>> [(round(m.dx, 1), round(m.dy, 1), m.model) for m in result.motions]
-        [(0.0, 0.0, 'reference'), (-2.0, 3.0, 'euclidean')]
+        >>> [(round(m.dx, 1), round(m.dy, 1), m.aligned) for m in result.motions]
+        [(0.0, 0.0, True), (-2.0, 3.0, True)]
         >>> result.crop, tuple(result.frames.shape)
         ((2, 0, 98, 61), (2, 3, 61, 98))
     """
