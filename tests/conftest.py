@@ -65,3 +65,51 @@ def _restore_pixel_limit():
     os.environ.pop(MAX_PIXELS_ENV, None)
     if saved is not None:
         os.environ[MAX_PIXELS_ENV] = saved
+
+
+def camera_motion(dx: float, dy: float, degrees: float, height: int, width: int) -> np.ndarray:
+    """``(3, 3)`` reference pixel -> frame pixel: the frame's content turned ``degrees`` clockwise on screen about
+    the centre and moved by ``(dx, dy)`` pixels (the convention of :class:`loopexpose.brackets.align.Motion`)."""
+    angle = np.radians(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    matrix = np.eye(3)
+    matrix[:2, :2] = [[c, -s], [s, c]]
+    matrix[:2, 2] = centre + (dx, dy) - matrix[:2, :2] @ centre
+    return matrix
+
+
+def shaken_bracket(
+    motions: list[np.ndarray],
+    evs: tuple[float, ...] = (-2.0, 0.0, 2.0),
+    photo: str = "coffee",
+    side: int = 320,
+    inset: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(unshaken, shaken)``: a scikit-image photo rendered at ``evs`` with :mod:`loopexpose.synth` (long side
+    ``side``), seen through a window inset by ``inset`` of each side; in ``shaken`` frame ``i`` sees the window
+    moved by ``motions[i]`` (reference pixel -> frame pixel, see :func:`camera_motion`), sampled from the whole
+    photo so that no border is invented. Both ``(N, 3, h, w)`` float32 in [0, 1], quantised to 8 bits."""
+    import cv2
+    from skimage import data
+
+    from loopexpose.synth import render_exposure, srgb_to_linear
+
+    pixels = getattr(data, photo)()[:, :, :3]
+    scale = side / max(pixels.shape[:2])
+    pixels = cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
+                        interpolation=cv2.INTER_AREA)  # fmt: skip
+    linear = srgb_to_linear(torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1))
+    frames = torch.stack([render_exposure(linear, ev) for ev in evs])
+    height, width = frames.shape[-2:]
+    mx, my = round(inset * width), round(inset * height)
+    w, h = width - 2 * mx, height - 2 * my
+    offset = np.array([[1, 0, mx], [0, 1, my], [0, 0, 1]], np.float64)
+    shaken = []
+    for frame, motion in zip(frames, motions):
+        to_photo = offset @ np.linalg.inv(motion)  # shaken frame pixel -> photo pixel
+        planes = [cv2.warpPerspective(plane.numpy(), to_photo, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP)
+                  for plane in frame]  # fmt: skip
+        shaken.append(torch.from_numpy(np.stack(planes)))
+    unshaken = frames[:, :, my : my + h, mx : mx + w]
+    return (torch.round(unshaken.clamp(0, 1) * 255) / 255).contiguous(), torch.round(torch.stack(shaken).clamp(0, 1) * 255) / 255

@@ -25,6 +25,7 @@ from loopexpose.cli.demo import render_bracket
 from loopexpose.errors import LoopExposeError
 from loopexpose.io import read_image, to_numpy, write_image
 from loopexpose.models import bundled
+from conftest import camera_motion, shaken_bracket
 from conftest import randomised_curvegrid as randomised
 
 # Gradio's queue uses pandas options that pandas 3 deprecates; not ours to fix.
@@ -388,6 +389,28 @@ def test_browser_fuse_orders_a_shuffled_bracket(server, page, tmp_path):
     assert shown.shape == expected.shape
     assert np.abs(shown - expected).mean() < 0.01
     assert len(_loaded_images(page, "#fuse-ordered", 3)) >= 3 and len(_loaded_images(page, "#fuse-corrected", 3)) >= 3
+    assert page.outside == []
+
+
+@pytest.mark.slow
+def test_browser_fuse_aligns_a_handheld_bracket(server, page, tmp_path):
+    height, width = 256, 384
+    truth = [camera_motion(4.0, -2.0, 0.6, height, width), np.eye(3), camera_motion(-3.0, 5.0, -0.8, height, width)]
+    _, shaken = shaken_bracket(truth, (-2.0, 0.0, 2.0), side=480)
+    names = ["hand_N2.png", "hand_0.png", "hand_P2.png"]
+    paths = [write_image(tmp_path / name, to_numpy(frame)) for name, frame in zip(names, shaken)]
+    page.get_by_role("tab", name="Fuse").click()
+    page.set_input_files("#fuse-input input[type=file]", [str(p) for p in paths])
+    for name in names:
+        page.wait_for_selector(f'#fuse-input td.filename[aria-label="{name}"]')
+    page.check("#fuse-align input[type=checkbox]")
+    page.click("#fuse-button")
+    (fused_url,) = _loaded_images(page, "#fuse-result", 1)
+    page.wait_for_function("() => document.querySelector('#fuse-report').innerText.includes('Aligned to')")
+    report = page.inner_text("#fuse-report")
+    assert "Aligned to hand_0.png" in report and "hand_N2.png" in report and "+4.0" in report
+    shown = Image.open(_io.BytesIO(_fetch(fused_url)))
+    assert shown.width < width - 4 and shown.height < height - 4  # cropped to the region all frames cover
     assert page.outside == []
 
 

@@ -28,6 +28,7 @@ def fuse(
     model=None,
     preset: str = "opencv",
     device: str | torch.device | None = None,
+    align: bool = False,
 ):
     """Exposure fusion of one bracket: plain Mertens, or with a ``model`` the LoopExpose MEF result.
 
@@ -50,6 +51,10 @@ def fuse(
             defaults, as LoopExpose uses for its labels) or ``"mertens"`` (also well-exposedness), see
             :data:`loopexpose.fusion.PRESETS`.
         device: where to fuse (default: the tensor's device, else the model's, else the CPU).
+        align: register the frames of a handheld bracket first (:func:`loopexpose.brackets.align.align_frames`:
+            every frame warped onto the one nearest mid-grey, the borders cropped to the region all frames
+            cover, so the result is a little smaller than the frames). A frame that cannot be aligned is left out
+            with an :class:`~loopexpose.brackets.align.AlignmentWarning` naming it. One bracket only, not a batch.
 
     Returns:
         The fused image clipped to ``[0, 1]``, of the kind given: a tensor ``(3, H, W)`` (``(B, 3, H, W)`` for a
@@ -60,13 +65,16 @@ def fuse(
 
     Raises:
         LoopExposeError: unreadable files, frames of different sizes or mixed dtypes, frames outside the input
-            contract (int64 arrays, floats in 0..255, NaN, ...), an unknown model or preset.
+            contract (int64 arrays, floats in 0..255, NaN, ...), an unknown model or preset, ``align`` with a
+            batch of brackets.
     """
     from loopexpose import fusion, io
 
     if preset not in fusion.PRESETS:
         raise LoopExposeError(f"unknown fusion preset {preset!r} (choose one of {', '.join(sorted(fusion.PRESETS))})")
-    kind, tensor, given = _as_bracket(frames)
+    kind, tensor, given, names = _as_bracket(frames)
+    if align:
+        tensor = _aligned(tensor, names)
     if isinstance(model, (str, os.PathLike)):
         from loopexpose.models import load
 
@@ -89,6 +97,15 @@ def fuse(
     return pixels if kind == "files" else restore(pixels, given)
 
 
+def _aligned(frames: torch.Tensor, names: list[str] | None) -> torch.Tensor:
+    """The bracket ``(N, 3, H, W)`` registered and cropped (:func:`loopexpose.brackets.align.align_frames`)."""
+    from loopexpose.brackets.align import align_frames
+
+    if frames.ndim != 4:
+        raise LoopExposeError(f"align=True takes one bracket (N, 3, H, W), not a batch {tuple(frames.shape)}")
+    return align_frames(frames, names=names).frames
+
+
 def _corrector(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """A function ``(N, 3, H, W) -> (N, 3, H, W)`` from a model (its ``correct``, which is tiled on the CPU and
     never depends on the batch) or a plain callable; ``None`` for no model."""
@@ -108,18 +125,20 @@ def _corrector(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
     )
 
 
-def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None]:
-    """``(kind, (N, 3, H, W) float tensor in [0, 1], given)`` from any input :func:`fuse` accepts; ``given``
-    (:mod:`loopexpose.inputs`) says how to hand the result back (``None`` for files)."""
+def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None, list[str] | None]:
+    """``(kind, (N, 3, H, W) float tensor in [0, 1], given, names)`` from any input :func:`fuse` accepts;
+    ``given`` (:mod:`loopexpose.inputs`) says how to hand the result back (``None`` for files); ``names`` are the
+    frames' file names (``None`` for pixels given in memory)."""
     from loopexpose import brackets
 
     if isinstance(frames, torch.Tensor):
         if frames.ndim not in (4, 5) or frames.shape[-3] != 3:
             raise LoopExposeError(f"expected frames shaped (N, 3, H, W) or (B, N, 3, H, W), got {tuple(frames.shape)}")
         tensor, given = as_pixels(frames, "fuse")
-        return "tensor", tensor, given
+        return "tensor", tensor, given, None
     if isinstance(frames, (str, os.PathLike)):
-        return "files", brackets.load_bracket(Path(frames)), None
+        bracket = brackets.order_bracket(Path(frames))
+        return "files", brackets.load_bracket(bracket), None, [path.name for path in bracket.paths]
     if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes, np.ndarray)) or len(frames) == 0:
         raise LoopExposeError(
             "frames must be a tensor (N, 3, H, W), a list of arrays, PIL images or files, or a scene folder"
@@ -127,11 +146,12 @@ def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None]:
     first = frames[0]
     if isinstance(first, (str, os.PathLike)):
         paths = [Path(p) for p in frames]
-        return "files", brackets.load_bracket(brackets.order_bracket(paths[0].parent, paths)), None
+        bracket = brackets.order_bracket(paths[0].parent, paths)
+        return "files", brackets.load_bracket(bracket), None, [path.name for path in bracket.paths]
     arrays, given = as_frame_pixels(frames, "fuse")
     if given.kind == "pil":  # a fused image has no alpha: RGBA frames give RGB, LA frames L
         given = replace(given, alpha=None)
     scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(arrays[0].dtype, 1.0)
     stack = np.stack(arrays).astype(np.float32) * np.float32(scale)
     kind = "pil" if given.kind == "pil" else "numpy"
-    return kind, torch.from_numpy(np.clip(stack, 0, 1).transpose(0, 3, 1, 2).copy()), given
+    return kind, torch.from_numpy(np.clip(stack, 0, 1).transpose(0, 3, 1, 2).copy()), given, None

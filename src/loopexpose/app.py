@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -135,9 +136,10 @@ class CorrectResult:
 
 @dataclass
 class FuseResult:
-    """What :meth:`WebDemo.fuse` returns: ``(preview, caption)`` pairs of the frames in exposure order and of
-    the corrected frames, the fused preview, the full-resolution fused file, the original names in exposure
-    order, the ordering rule, seconds taken and a Markdown report."""
+    """What :meth:`WebDemo.fuse` returns: ``(preview, caption)`` pairs of the frames in exposure order (aligned,
+    when asked) and of the corrected frames, the fused preview, the full-resolution fused file, the original names
+    in exposure order (of the frames fused), the ordering rule, seconds taken, a Markdown report, and the
+    :class:`~loopexpose.brackets.align.Alignment` when the frames were aligned."""
 
     ordered: list[tuple[np.ndarray, str]]
     corrected: list[tuple[np.ndarray, str]]
@@ -147,6 +149,7 @@ class FuseResult:
     rule: str
     seconds: float
     report: str
+    alignment: Any = None
 
 
 @dataclass
@@ -303,12 +306,15 @@ class WebDemo:
         )
         return CorrectResult(_preview(photo.pixels), _preview(corrected), out, before, after, seconds, report)
 
-    def fuse(self, uploads: Sequence[str | os.PathLike] | None, model_name: str) -> FuseResult:
+    def fuse(self, uploads: Sequence[str | os.PathLike] | None, model_name: str, align: bool = False) -> FuseResult:
         """Order an uploaded bracket (2..``max_frames`` frames, any order), correct every frame, and fuse them
         with the inputs (the LoopExpose MEF result, :func:`loopexpose.fusion.loop_fuse`).
 
         The frames are copied under sanitised names into a fresh scene folder and ordered by
-        :func:`loopexpose.brackets.order_bracket` (EXIF, EV tags in the names, else luminance).
+        :func:`loopexpose.brackets.order_bracket` (EXIF, EV tags in the names, else luminance). With ``align`` a
+        handheld bracket is registered first (:func:`loopexpose.brackets.align.align_frames`): the result is
+        cropped to the region every frame covers, the report gives every frame's motion, and a frame that cannot
+        be aligned is left out (the report says so).
         """
         from loopexpose import fusion
         from loopexpose.brackets import load_bracket, order_bracket
@@ -331,11 +337,20 @@ class WebDemo:
             bracket = order_bracket(scene, copies)
             frames = load_bracket(bracket)
             names = [p.name for p in bracket.paths]
+        evs = bracket.evs if bracket.evs is not None else [None] * len(frames)
+        alignment = None
+        if align:
+            from loopexpose.brackets.align import AlignmentWarning, align_frames
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AlignmentWarning)  # the report lists the frames left out
+                alignment = align_frames(frames, names=names)
+            frames = alignment.frames
+            names, evs = [names[i] for i in alignment.kept], [evs[i] for i in alignment.kept]
         started = time.perf_counter()
         corrected = torch.stack([model.correct(frame) for frame in frames]).clamp(0, 1)
         fused = fusion.loop_fuse(frames, corrected).clamp(0, 1)
         seconds = time.perf_counter() - started
-        evs = bracket.evs if bracket.evs is not None else [None] * len(frames)
         ordered, fixed, rows = [], [], []
         for name, frame, result, ev in zip(names, frames, corrected, evs):
             before, after = estimate_exposure(frame), estimate_exposure(result)
@@ -356,7 +371,9 @@ class WebDemo:
             f"in **{seconds:.2f} s**; fused result: {result}\n\n"
             "| frame | before: mean luma (EV) | after: mean luma (EV) |\n|---|---|---|\n" + "\n".join(rows)
         )
-        return FuseResult(ordered, fixed, _preview(fused), out, names, bracket.rule, seconds, report)
+        if alignment is not None:
+            report += "\n\n" + _motion_report(alignment)
+        return FuseResult(ordered, fixed, _preview(fused), out, names, bracket.rule, seconds, report, alignment)
 
     # ------------------------------------------------------------------ examples
     def render_examples(self) -> tuple[list[Path], list[list[Path]]]:
@@ -384,6 +401,26 @@ class WebDemo:
         tagged = render("coffee", (-2.0, 0.0, 2.0), ["coffee_N2.png", "coffee_0.png", "coffee_P2.png"])
         plain = render("rocket", (-2.0, 0.0, 2.0), ["rocket_b.png", "rocket_c.png", "rocket_a.png"])
         return photos, [[tagged[2], tagged[0], tagged[1]], [plain[2], plain[0], plain[1]]]
+
+
+def _motion_report(alignment) -> str:
+    """Markdown: the reference, the crop, and every frame's estimated motion (or why it was left out)."""
+    x, y, width, height = alignment.crop
+    rows = []
+    for motion in alignment.motions:
+        if motion.model == "reference":
+            rows.append(f"| {motion.name} | reference | | | |")
+        elif not motion.aligned:
+            rows.append(f"| {motion.name} | **left out**: {motion.problem} | | | {motion.correlation:.3f} |")
+        else:
+            model = f"{motion.model} via {motion.via}" if motion.via else motion.model
+            rows.append(f"| {motion.name} | {model} | {motion.dx:+.2f}, {motion.dy:+.2f} | "
+                        f"{motion.rotation:+.2f} | {motion.correlation:.3f} |")  # fmt: skip
+    return (
+        f"Aligned to **{alignment.motions[alignment.reference].name}**, cropped to {width}x{height} at ({x}, {y}):\n\n"
+        "| frame | motion | shift dx, dy (px) | rotation (deg) | correlation |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- Gradio
@@ -431,11 +468,11 @@ def handle_correct(demo: WebDemo, upload: Any, model_name: str):
     return (result.before, result.after), result.report, gr.DownloadButton(value=str(result.download), visible=True)
 
 
-def handle_fuse(demo: WebDemo, uploads: Any, model_name: str):
+def handle_fuse(demo: WebDemo, uploads: Any, model_name: str, align: bool = False):
     """The *Fuse* button: ``(ordered, corrected, fused, report, download button)``; errors as :func:`_run`."""
     gr = _gradio()
     paths = None if uploads is None else [upload_path(u) for u in uploads]
-    result = _run(demo, demo.fuse, paths, model_name)
+    result = _run(demo, demo.fuse, paths, model_name, bool(align))
     download = gr.DownloadButton(value=str(result.download), visible=True)
     return result.ordered, result.corrected, result.fused, result.report, download
 
@@ -451,8 +488,8 @@ def build_app(demo: WebDemo):
     def run_correct(upload, model_name):
         return handle_correct(demo, upload, model_name)
 
-    def run_fuse(uploads, model_name):
-        return handle_fuse(demo, uploads, model_name)
+    def run_fuse(uploads, model_name, align):
+        return handle_fuse(demo, uploads, model_name, align)
 
     limits = demo.limits
     with gr.Blocks(title="LoopExpose", analytics_enabled=False) as blocks:
@@ -492,6 +529,10 @@ def build_app(demo: WebDemo):
                         label="Bracket: 2 or more photos of one scene, in any order", elem_id="fuse-input",
                     )
                     fuse_model = gr.Dropdown(names, value=names[0], label="Model", elem_id="fuse-model")
+                    fuse_align = gr.Checkbox(
+                        value=False, label="Align frames", elem_id="fuse-align",
+                        info="For handheld brackets: register every frame to the one nearest mid-grey, crop the borders",
+                    )
                     fuse_button = gr.Button("Fuse", variant="primary", elem_id="fuse-button")
                     gr.Examples(
                         [[[str(p) for p in bracket]] for bracket in brackets], inputs=[files], elem_id="fuse-examples",
@@ -509,7 +550,7 @@ def build_app(demo: WebDemo):
             ordered = gr.Gallery(label="Frames in exposure order", elem_id="fuse-ordered", **gallery)
             corrected = gr.Gallery(label="Corrected frames", elem_id="fuse-corrected", **gallery)
             fuse_button.click(
-                run_fuse, [files, fuse_model], [ordered, corrected, fused, fuse_report, fuse_download],
+                run_fuse, [files, fuse_model, fuse_align], [ordered, corrected, fused, fuse_report, fuse_download],
                 concurrency_limit=1,
             )
     demo.keep_current_uploads()

@@ -10,22 +10,31 @@ With ``--group auto`` each folder is a flat folder of shots split into brackets
 (:func:`loopexpose.brackets.group_brackets`): the groups are listed first, every bracket is fused as one scene
 into ``OUT/<its first frame's name>.<format>``, single shots are counted and not fused, unreadable files are
 skipped with a warning, and a group whose frames differ in size fails alone.
+
+``--align`` registers handheld frames first (:mod:`loopexpose.brackets.align`) and prints every frame's estimated
+motion per scene; a frame that cannot be aligned is left out of that scene's fusion with a warning line.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
 from loopexpose.cli.scenes import GROUP_HELP, check_grouping, group_folders, print_grouping, print_skipped
 from loopexpose.errors import LoopExposeError
+
+if TYPE_CHECKING:
+    from loopexpose.brackets.align import Alignment
 
 FORMATS = ("png", "tif", "jpg")
 
@@ -51,7 +60,8 @@ def fuse_scene(
     max_side: int = 0,
     corrector: Callable | None = None,
     paths: list[Path] | None = None,
-) -> Path:
+    align: bool = False,
+) -> tuple[Path, Alignment | None]:
     """Load one scene's bracket (ordered by :mod:`loopexpose.brackets`), fuse it, and write ``target`` atomically.
 
     Args:
@@ -65,6 +75,12 @@ def fuse_scene(
             LoopExpose MEF (:func:`loopexpose.fusion.loop_fuse` of the inputs and the corrected frames) and
             ``preset`` is not used.
         paths: the frames to fuse (a group found by ``--group auto``); default: every image in ``scene``.
+        align: register the frames first (:func:`loopexpose.brackets.align.align_frames`); the output is cropped
+            to the region every frame covers, and frames that cannot be aligned are left out
+            (:class:`~loopexpose.brackets.align.AlignmentWarning`).
+
+    Returns:
+        ``(target, alignment)``; ``alignment`` is ``None`` without ``align``.
 
     Raises:
         LoopExposeError: the scene cannot be read or the output cannot be written.
@@ -77,14 +93,20 @@ def fuse_scene(
     inputs = {path.resolve() for path in bracket.paths}
     if target.resolve() in inputs:
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
-    frames = load_bracket(bracket, max_side=max_side).to(device)
-    fused = fuse_frames(frames, model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
+    frames = load_bracket(bracket, max_side=max_side)
+    alignment = None
+    if align:
+        from loopexpose.brackets.align import align_frames
+
+        alignment = align_frames(frames, names=[path.name for path in bracket.paths])
+        frames = alignment.frames
+    fused = fuse_frames(frames.to(device), model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
     raw = bracket.paths[0].suffix.lower() in io.RAW_SUFFIXES  # a bracket is all RAW or none (order_bracket)
     if bits is None:
         bits = 16 if raw and target.suffix.lower() in {".png", ".tif", ".tiff"} else 8
     # frames of a bracket share a profile; RAW frames are rendered to sRGB and carry none
     icc = io.read_image(bracket.paths[0]).icc if bracket.paths and not raw else None
-    return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc)
+    return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc), alignment
 
 
 @app.command()
@@ -111,6 +133,11 @@ def fuse(
     group: str = typer.Option("folder", "--group", help=GROUP_HELP + " With auto, each bracket is written to "
                               "OUT/<its first frame's name>.<format>."),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
+    align: bool = typer.Option(
+        False, "--align", help="Register handheld frames to the one nearest mid-grey first (exposure-invariant: "
+        "median-threshold bitmaps, then ECC homography), crop the borders to the region all frames cover, and print "
+        "each frame's motion. A frame that cannot be aligned is left out with a warning.",
+    ),
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
 
@@ -122,6 +149,7 @@ def fuse(
     Ctrl-C: "interrupted: N of M done", exit 130.
     """
     from loopexpose import fusion
+    from loopexpose.brackets.align import AlignmentWarning
     from loopexpose.io import set_max_pixels
 
     set_max_pixels(max_pixels)
@@ -167,8 +195,17 @@ def fuse(
                 else:
                     if not job.error:
                         try:
-                            fuse_scene(job.folder, job.target, preset=preset, bits=out_bits, device=device,
-                                       max_side=max_side, corrector=corrector, paths=job.paths)  # fmt: skip
+                            with warnings.catch_warnings(record=True) as caught:
+                                warnings.simplefilter("always")
+                                _, alignment = fuse_scene(job.folder, job.target, preset=preset, bits=out_bits,
+                                                          device=device, max_side=max_side, corrector=corrector,
+                                                          align=align, paths=job.paths)  # fmt: skip
+                            for warning in caught:  # frames left out (named by file), frames resized (by path)
+                                left_out = issubclass(warning.category, AlignmentWarning)
+                                message = f"{job.folder}: {warning.message}" if left_out else warning.message
+                                print_error(message, progress.console, label="warning")
+                            if alignment is not None:
+                                progress.console.print(motion_table(job.label, alignment))
                         except LoopExposeError as exc:
                             job.error = str(exc)
                         except OSError as exc:  # read-only folder, full disk, a folder in the output's place
@@ -190,6 +227,26 @@ def fuse(
         console.print(escape(summary) + failed, highlight=False)
     if counts["failed"]:
         raise typer.Exit(2)
+
+
+def motion_table(scene: str, alignment: Alignment) -> Table:
+    """Every frame's estimated motion (:class:`~loopexpose.brackets.align.Motion`) as a table titled by the scene."""
+    x, y, width, height = alignment.crop
+    table = Table(title=f"{scene}: aligned to {alignment.motions[alignment.reference].name}, cropped to "
+                  f"{width}x{height} at ({x}, {y})", title_justify="left")  # fmt: skip
+    for column in ("frame", "dx px", "dy px", "rotation deg", "model", "correlation"):
+        table.add_column(column, justify="left" if column in ("frame", "model") else "right")
+    for motion in alignment.motions:
+        name = escape(motion.name)
+        if motion.model == "reference":
+            table.add_row(name, "0", "0", "0", "reference", "")
+        elif not motion.aligned:
+            table.add_row(name, "", "", "", f"[red]left out: {escape(motion.problem)}[/]", f"{motion.correlation:.3f}")
+        else:
+            model = f"{motion.model} via {escape(motion.via)}" if motion.via else motion.model
+            table.add_row(name, f"{motion.dx:+.2f}", f"{motion.dy:+.2f}", f"{motion.rotation:+.2f}", model,
+                          f"{motion.correlation:.3f}")  # fmt: skip
+    return table
 
 
 def plan_scenes(paths: list[Path], out: Path, format: str) -> list[SceneJob]:
