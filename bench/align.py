@@ -75,7 +75,7 @@ import cv2
 import numpy as np
 import torch
 
-from loopexpose import brackets, fusion, io, metrics, paths
+from loopexpose import brackets, fusion, metrics, paths
 from loopexpose.brackets import align
 
 #: (collection, scene): 12 scenes whose stored frames are registered to within 0.15 px by both our estimate and

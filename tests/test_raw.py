@@ -234,7 +234,7 @@ def test_unsupported_raw_is_a_one_line_error(fake):
 @pytest.mark.parametrize(("suffix", "bits"), [(".png", 16), (".tif", 16), (".jpg", 8)])
 def test_fused_raw_bracket_is_16_bit_by_default(fake, tmp_path, suffix, bits):
     _, scene = fake({f"{i}.DNG": {"shutter": 2.0**i / 100, "level": 0.1 * (i + 1)} for i in range(3)})
-    target = fuse_scene(scene, tmp_path / f"fused{suffix}")
+    target, _ = fuse_scene(scene, tmp_path / f"fused{suffix}")
     stored = cv2.imread(str(target), cv2.IMREAD_UNCHANGED)
     assert stored.dtype == (np.uint16 if bits == 16 else np.uint8)
 
