@@ -171,10 +171,12 @@ def test_every_commit_of_an_epoch_end_is_a_safe_place_to_die(brackets, tmp_path,
 def test_sigkill_of_a_real_process_resumes_to_the_same_weights(brackets, tmp_path):
     """The same with the operating system's SIGKILL of a training process, twice, each time a random fraction of
     a second after it committed an epoch (so during that epoch's writes or the next epoch's steps)."""
-    config = _config(brackets, tmp_path / "straight", feedback_epochs=3)
+    # 6 epochs after the warm-up: on a busy CPU the poller below may notice a commit late, and the run must not
+    # have finished by then
+    config = _config(brackets, tmp_path / "straight", feedback_epochs=6)
     train.run(config, quiet=True)
     config_file = tmp_path / "tiny.json"
-    config_file.write_text(json.dumps(_config(brackets, tmp_path / "killed", feedback_epochs=3)))
+    config_file.write_text(json.dumps(_config(brackets, tmp_path / "killed", feedback_epochs=6)))
     script = "import json, sys, torch; from loopexpose import train; torch.set_num_threads(2); " \
              "train.run(json.load(open(sys.argv[1])), resume=True, quiet=True)"  # fmt: skip
     rng = random.Random(9)
