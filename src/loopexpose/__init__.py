@@ -15,11 +15,12 @@ def load(spec="default", device="cpu"):
     return _load(spec, device)
 
 
-def fuse(frames, model=None, preset="opencv", device=None):
-    """Mertens fusion of one bracket; with a ``model`` every frame is corrected first (the LoopExpose MEF result).
+def fuse(frames, model=None, preset="opencv", device=None, deghost=False):
+    """Mertens fusion of one bracket; with a ``model`` every frame is corrected first (the LoopExpose MEF result);
+    with ``deghost`` what moved between the frames comes from the frame nearest mid-grey, without ghosts.
 
     See :func:`loopexpose.api.fuse` for the accepted inputs (tensors, arrays, PIL images, files, a folder).
     """
     from loopexpose.api import fuse as _fuse
 
-    return _fuse(frames, model=model, preset=preset, device=device)
+    return _fuse(frames, model=model, preset=preset, device=device, deghost=deghost)

@@ -303,12 +303,17 @@ class WebDemo:
         )
         return CorrectResult(_preview(photo.pixels), _preview(corrected), out, before, after, seconds, report)
 
-    def fuse(self, uploads: Sequence[str | os.PathLike] | None, model_name: str) -> FuseResult:
+    def fuse(
+        self, uploads: Sequence[str | os.PathLike] | None, model_name: str, deghost: bool = False
+    ) -> FuseResult:
         """Order an uploaded bracket (2..``max_frames`` frames, any order), correct every frame, and fuse them
         with the inputs (the LoopExpose MEF result, :func:`loopexpose.fusion.loop_fuse`).
 
         The frames are copied under sanitised names into a fresh scene folder and ordered by
-        :func:`loopexpose.io.order_bracket` (EXIF, EV tags in the names, else luminance).
+        :func:`loopexpose.io.order_bracket` (EXIF, EV tags in the names, else luminance). With ``deghost``,
+        what moved between the frames is taken from the frame nearest mid-grey
+        (:func:`loopexpose.deghost.remove_ghosts`, before correction); the corrected frames are then those of
+        the ghost-free frames, the ordered ones stay as uploaded.
         """
         from loopexpose import fusion
         from loopexpose.io import load_bracket, order_bracket, to_numpy, write_image
@@ -331,8 +336,18 @@ class WebDemo:
             frames = load_bracket(bracket)
             names = [p.name for p in bracket.paths]
         started = time.perf_counter()
-        corrected = torch.stack([model.correct(frame) for frame in frames]).clamp(0, 1)
-        fused = fusion.loop_fuse(frames, corrected).clamp(0, 1)
+        weights, ghosts = None, ""
+        if deghost:
+            from loopexpose.deghost import remove_ghosts
+
+            clean, weights = remove_ghosts(frames)
+            changed = [names[n] for n in range(len(frames)) if not torch.equal(clean[n], frames[n])]
+            ghosts = (f"Ghost removal: moving content replaced in {len(changed)} of {len(frames)} frames"
+                      f"{' (' + ', '.join(changed) + ')' if changed else ''}.\n\n")  # fmt: skip
+        else:
+            clean = frames
+        corrected = torch.stack([model.correct(frame) for frame in clean]).clamp(0, 1)
+        fused = fusion.loop_fuse(clean, corrected, frame_weights=weights).clamp(0, 1)
         seconds = time.perf_counter() - started
         evs = bracket.evs if bracket.evs is not None else [None] * len(frames)
         ordered, fixed, rows = [], [], []
@@ -352,7 +367,7 @@ class WebDemo:
         report = (
             f"Exposure order (rule: **{bracket.rule}**): {' → '.join(names)}\n\n"
             f"**{model_name}** corrected {len(frames)} frames of {width}x{height} and fused them with the inputs "
-            f"in **{seconds:.2f} s**; fused result: {result}\n\n"
+            f"in **{seconds:.2f} s**; fused result: {result}\n\n{ghosts}"
             "| frame | before: mean luma (EV) | after: mean luma (EV) |\n|---|---|---|\n" + "\n".join(rows)
         )
         return FuseResult(ordered, fixed, _preview(fused), out, names, bracket.rule, seconds, report)
@@ -430,11 +445,11 @@ def handle_correct(demo: WebDemo, upload: Any, model_name: str):
     return (result.before, result.after), result.report, gr.DownloadButton(value=str(result.download), visible=True)
 
 
-def handle_fuse(demo: WebDemo, uploads: Any, model_name: str):
+def handle_fuse(demo: WebDemo, uploads: Any, model_name: str, deghost: bool = False):
     """The *Fuse* button: ``(ordered, corrected, fused, report, download button)``; errors as :func:`_run`."""
     gr = _gradio()
     paths = None if uploads is None else [upload_path(u) for u in uploads]
-    result = _run(demo, demo.fuse, paths, model_name)
+    result = _run(demo, demo.fuse, paths, model_name, bool(deghost))
     download = gr.DownloadButton(value=str(result.download), visible=True)
     return result.ordered, result.corrected, result.fused, result.report, download
 
@@ -450,8 +465,8 @@ def build_app(demo: WebDemo):
     def run_correct(upload, model_name):
         return handle_correct(demo, upload, model_name)
 
-    def run_fuse(uploads, model_name):
-        return handle_fuse(demo, uploads, model_name)
+    def run_fuse(uploads, model_name, deghost):
+        return handle_fuse(demo, uploads, model_name, deghost)
 
     limits = demo.limits
     with gr.Blocks(title="LoopExpose", analytics_enabled=False) as blocks:
@@ -491,6 +506,10 @@ def build_app(demo: WebDemo):
                         label="Bracket: 2 or more photos of one scene, in any order", elem_id="fuse-input",
                     )
                     fuse_model = gr.Dropdown(names, value=names[0], label="Model", elem_id="fuse-model")
+                    fuse_deghost = gr.Checkbox(
+                        False, label="Remove ghosts", elem_id="fuse-deghost",
+                        info="Things that moved between the shots come from one frame instead of showing through",
+                    )
                     fuse_button = gr.Button("Fuse", variant="primary", elem_id="fuse-button")
                     gr.Examples(
                         [[[str(p) for p in bracket]] for bracket in brackets], inputs=[files], elem_id="fuse-examples",
@@ -508,7 +527,7 @@ def build_app(demo: WebDemo):
             ordered = gr.Gallery(label="Frames in exposure order", elem_id="fuse-ordered", **gallery)
             corrected = gr.Gallery(label="Corrected frames", elem_id="fuse-corrected", **gallery)
             fuse_button.click(
-                run_fuse, [files, fuse_model], [ordered, corrected, fused, fuse_report, fuse_download],
+                run_fuse, [files, fuse_model, fuse_deghost], [ordered, corrected, fused, fuse_report, fuse_download],
                 concurrency_limit=1,
             )
     demo.keep_current_uploads()

@@ -42,6 +42,7 @@ def fuse_scene(
     device: str = "cpu",
     max_side: int = 0,
     corrector: Callable | None = None,
+    deghost: bool = False,
 ) -> Path:
     """Load one scene's bracket (ordered by :mod:`loopexpose.io`), fuse it, and write ``target`` atomically.
 
@@ -55,6 +56,7 @@ def fuse_scene(
         corrector: an exposure-correction model (``(N, 3, H, W) -> (N, 3, H, W)``); with one, the result is the
             LoopExpose MEF (:func:`loopexpose.fusion.loop_fuse` of the inputs and the corrected frames) and
             ``preset`` is not used.
+        deghost: remove ghosts of moving objects (:func:`loopexpose.deghost.remove_ghosts`).
 
     Raises:
         LoopExposeError: the scene cannot be read or the output cannot be written.
@@ -67,7 +69,7 @@ def fuse_scene(
     if target.resolve() in inputs:
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
     frames = io.load_bracket(bracket, max_side=max_side).to(device)
-    fused = fuse_frames(frames, model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
+    fused = fuse_frames(frames, model=corrector, preset=preset, deghost=deghost)  # Mertens, or the LoopExpose MEF
     icc = io.read_image(bracket.paths[0]).icc if bracket.paths else None  # frames of a bracket share a profile
     return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc)
 
@@ -90,6 +92,10 @@ def fuse(
         "(the LoopExpose MEF result: tone from the corrected frames, detail from the inputs).",
     ),
     model: str = typer.Option("default", help="With --correct: bundled model name or a .safetensors checkpoint."),
+    deghost: bool = typer.Option(
+        False, "--deghost", help="Remove ghosts: what moved between the frames (people, leaves, water, cars) is "
+        "taken from the frame nearest mid-grey instead of showing through semi-transparent. Frames must be aligned.",
+    ),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
@@ -141,7 +147,7 @@ def fuse(
                     if not job.error:
                         try:
                             fuse_scene(job.folder, job.target, preset=preset, bits=out_bits, device=device,
-                                       max_side=max_side, corrector=corrector)  # fmt: skip
+                                       max_side=max_side, corrector=corrector, deghost=deghost)  # fmt: skip
                         except LoopExposeError as exc:
                             job.error = str(exc)
                         except OSError as exc:  # read-only folder, full disk, a folder in the output's place
