@@ -87,7 +87,8 @@ def fuse(
         if deghost:
             from loopexpose.deghost import remove_ghosts
 
-            tensor, weights = remove_ghosts(tensor)
+            # Frames read from files or given as arrays are ours to change: no copy of the bracket.
+            tensor, weights = remove_ghosts(tensor, out=tensor if kind != "tensor" else None)
         if corrector is None:
             fused = fusion.fuse(tensor, preset=preset, frame_weights=weights).clamp_(0, 1)
         else:

@@ -1,42 +1,52 @@
-"""Ghost removal for exposure fusion: per-frame, per-pixel weights that keep moving objects out of the blend.
+"""Ghost removal for exposure fusion: moving things come from one frame instead of showing through.
 
 A bracket shot over a second or two catches people, cars, leaves and water in a different place in every frame;
 plain fusion averages them into semi-transparent ghosts. Here every frame is compared with the *reference*
-frame (the one whose mean luma is nearest mid-grey, 118/255) after mapping it to the reference's exposure;
-where it disagrees, its weight goes to 0, so the content there comes from the reference (and from the frames
-that agree with it). The reference keeps weight 1 everywhere, so every pixel has a source.
+frame (the one whose mean luma is nearest mid-grey, 118/255) after mapping it to the reference's exposure, and
+where it disagrees, its content is replaced by the reference's, mapped to its exposure, and its fusion weight
+goes to 0 where the reference cannot stand in (clipped). The reference itself is never changed and keeps its
+weight everywhere, so every pixel has a source.
 
-The steps, on a copy reduced to about :data:`WORK_PIXELS` pixels (masks need no more, and it keeps the cost
-to a few tens of milliseconds whatever the frame size):
+The analysis runs on a copy reduced by a whole-number factor to at most :data:`WORK_PIXELS` pixels (masks need
+no more; it keeps the cost to tens of milliseconds whatever the frame size); only the replacement and the
+weights are computed at full size, and only in the boxes around what moved.
 
 1. **Exposure matching** (:func:`exposure_curves`): for every frame and channel, the intensity mapping to
-   the reference found by histogram matching (``g = Q_ref o F_frame``, quantile function of the reference after
-   the cumulative histogram of the frame; Grossberg and Nayar's intensity mapping function). Histogram matching
-   needs no correspondence between pixels, so moving objects barely bias it (they are in both frames, somewhere),
-   and it captures the camera's own response, clipping included. We measured it against mapping the frames with
-   the correction model (``loopexpose.load("default")``, then the same matching of the corrected frames):
-   ``bench/ghosts.py`` (docs/benchmarks.md, "Ghost removal"). The model maps every frame near mid-grey but with
-   its own local curves per frame, which leaves larger differences on static content, and costs a network
-   pass per frame; histogram matching separated moving from static pixels better, at no cost.
+   the reference found by histogram matching (``g = Q_ref o F_frame``, the reference's quantile function after
+   the frame's cumulative histogram: Grossberg and Nayar's intensity mapping function). It needs no pixel
+   correspondence, so moving objects barely bias it (they are in both frames, somewhere), and it follows the
+   camera's own response, clipping included. The correction model is the other way to bring frames to one
+   exposure; ``bench/ghosts.py`` measured both on moving objects pasted into real brackets (docs/benchmarks.md,
+   "Ghost removal"): with at most 0.1 % of static pixels flagged, histogram matching finds 80 % of the moving
+   pixels, the ``default`` model's corrected frames 67 % (compared directly) or 49 % (then histogram-matched).
+   The model corrects every frame on its own, with its own local curves, so static content does not come out
+   equal across frames, and it costs a network pass per frame.
 2. **Inconsistency** (:func:`inconsistency`): per channel, each pixel's value is an interval in the reference's
    scale: the mapped value plus or minus a tolerance (a floor for noise and JPEG, plus the frame's quantisation
-   step times the mapping's slope, which is steep where a dark frame is lifted). A *clipped* value is only a
-   bound: a pixel saturated in a frame may be anything brighter than what saturation maps to, a black one
-   anything darker, and the same holds for the reference's own clipped pixels. The inconsistency is the gap
-   between the frame's and the reference's intervals (0 when they overlap), so a pixel that is saturated in one
-   frame is not a ghost, unless the other frame says it is too dark to saturate there (an object moved in).
-3. **Masks** (:func:`ghost_masks`): threshold at :data:`THRESHOLD`, then morphology: an opening removes
-   isolated pixels (noise), a closing joins the pieces of one object (its flat parts can match the background),
-   a dilation covers the object's edge and the coarse pyramid levels (the Laplacian blend spreads each frame's
-   weight over the kernel of the coarse levels, so a mask that stops at the object's edge lets its blur in), and
-   a Gaussian blur makes the transition soft.
-4. **Weights** (:func:`ghost_weights`): ``1 - mask``, upsampled to the frames' size; they multiply the Mertens
-   quality weights before normalisation (``frame_weights`` of :func:`loopexpose.fusion.mertens_fuse` and
-   :func:`loopexpose.fusion.loop_fuse`).
+   step times the mapping's slope, steep where a dark frame is lifted); the reference's interval also spans its
+   3x3 neighbourhood (sub-pixel shifts, motion blur). A *clipped* value is only a bound: a channel saturated
+   in a frame may be anything brighter than the darkest reference value behind that level, a black one anything
+   darker; and where a camera clips one channel it pulls the others towards white, so those become upper
+   bounds (:func:`_intervals`). The inconsistency is the gap between the intervals (0 where they overlap), so a
+   pixel saturated in one frame is not a ghost, unless the other frame says it is too dark to saturate there
+   (an object moved in).
+3. **Masks** (:func:`ghost_masks`): threshold at :data:`THRESHOLD`; an opening removes isolated pixels (noise),
+   a closing joins the pieces of one object (its flat parts can match the background), a dilation covers its
+   edge and soft shadow, and a Gaussian blur makes the transition soft.
+4. **Ghost-free frames and weights** (:func:`remove_ghosts`): under its mask each non-reference frame gets the
+   reference mapped to *its* exposure (histogram matching the other way round). Weights alone are not enough:
+   a Laplacian-pyramid blend spreads each frame's weight over the kernel of the coarse levels, so an object
+   whose weight is 0 still leaks its blurred shape back in (ΔE*ab 2.6 on average on the benchmark with exact
+   masks); replaced content leaves nothing at any level. Where the reference is clipped, its mapped copy would
+   be flat, so there the frame's weight (``frame_weights`` of :func:`loopexpose.fusion.mertens_fuse` and
+   :func:`loopexpose.fusion.loop_fuse`, multiplying the quality weights before normalisation) goes to 0 and
+   the pixel comes from the frames that agree with the reference.
 
 Shapes: frames ``(N, 3, H, W)`` (one bracket) or ``(B, N, 3, H, W)``, RGB in ``[0, 1]``; weights
-``(N, 1, H, W)`` (resp. ``(B, N, 1, H, W)``) in ``[0, 1]``. Not differentiable (thresholds and morphology):
-deghosting is for inference.
+``(N, 1, H, W)`` (resp. ``(B, N, 1, H, W)``) in ``[0, 1]``. The frames must be aligned. Not differentiable
+(thresholds, morphology): deghosting is for inference. Limits: the reference decides, so what moves inside a
+region the reference has clipped (clouds in a blown sky) is not seen; a frame that differs from the reference
+everywhere (a different scene) is replaced almost entirely.
 """
 
 from __future__ import annotations
@@ -66,9 +76,14 @@ WORK_PIXELS = 300_000
 #: Inconsistency (gap between a frame's and the reference's intervals, in the reference's [0, 1] scale) above
 #: which a pixel is a ghost. Chosen on the synthetic moving objects and the static scenes of bench/ghosts.py.
 THRESHOLD = 0.04
-#: Values at or above this (below LOW) are clipped: only a bound on the scene's brightness.
+#: Values at or above this (at or below LOW) are clipped: only a bound on the scene's brightness. Well below 1:
+#: cameras roll highlights off and clip each hue at its own level (HDRPS's neon signs saturate near 0.77 in red),
+#: and 0.9 and 0.95 found as many moving pixels on the benchmark (80 % and 79 % with 0.1 % of static ones).
 HIGH = 0.9
 LOW = 0.015
+#: How far the reference's channels may have been pulled up where it clipped another channel (:func:`_intervals`):
+#: 0.3 kept the synthetic objects' ghosts as low as no allowance while a sunset's glow stopped being flagged.
+CROSSTALK = 0.3
 #: Width of the ramp from "clipped" to "trusted" (:func:`_distrust`).
 RAMP = 0.1
 #: Tolerance of a pixel's value, in the reference's scale: a floor (noise, JPEG) plus the frame's quantisation
@@ -81,7 +96,7 @@ LUT_SIZE = 4096
 #: dilation (edges and coarse pyramid levels) and the Gaussian blur's sigma.
 OPEN_FRACTION = 0.0026
 CLOSE_FRACTION = 0.02
-DILATE_FRACTION = 0.02
+DILATE_FRACTION = 0.03
 BLUR_FRACTION = 0.008
 
 
@@ -213,21 +228,42 @@ def match_exposure(frames: torch.Tensor, reference: int | None = None) -> torch.
     return torch.from_numpy(_apply_curves(np.ascontiguousarray(array), curves)).permute(0, 3, 1, 2)
 
 
-def _intervals(values: np.ndarray, curve: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(low, high)`` bounds, in the reference's scale, of the scene value behind ``values`` of one channel
-    (``curve`` and ``bounds`` as :func:`_curves` gives them for that frame and channel)."""
-    grid = np.linspace(0, 1, curve.shape[-1], dtype=np.float32)
-    mapped = np.interp(values, grid, curve)
-    slope = np.interp(values, grid, np.gradient(curve, grid))
-    tolerance = TOLERANCE + STEP * slope
-    low, high = mapped - tolerance, mapped + tolerance
-    dark = values <= LOW
-    high[dark] = bounds[0] + tolerance[dark]
-    low[dark] = -np.inf
-    bright = values >= HIGH
-    low[bright] = bounds[1] - tolerance[bright]
-    high[bright] = np.inf
-    return low.astype(np.float32), high.astype(np.float32)
+def _intervals(values: np.ndarray, curves: np.ndarray, bounds: np.ndarray, judge: bool = False):
+    """Bounds, in the reference's scale, of the scene behind one frame's pixels ``values`` ``(h, w, 3)``
+    (``curves`` ``(3, P)`` and ``bounds`` ``(3, 2)`` as :func:`_curves` gives them for that frame).
+
+    Where a camera clips one channel it pulls the others up too (a yellow sun glow or a neon sign turns white),
+    so at a frame's clipped pixel its unclipped channels are only upper bounds. ``judge`` (the reference) goes
+    further: at its clipped pixels every channel's lower bound is lowered by :data:`CROSSTALK`, whichever channel
+    clipped first. A frame found to disagree where the reference is clipped loses its weight there (a flat copy
+    of the reference cannot replace it), so a false alarm there throws away the highlight detail the darker
+    frames are for (a sunset's glow went white without this), while an object in front of a blown-out sky
+    still differs by more than that.
+
+    Returns:
+        ``(low, high)`` ``(h, w, 3)`` per channel, ``(top_low, top_high)`` ``(h, w)`` for the pixel's brightest
+        channel, and ``clipped`` ``(h, w)``: where a channel is at or above :data:`HIGH`.
+    """
+    grid = np.linspace(0, 1, curves.shape[-1], dtype=np.float32)
+    low, high = np.empty_like(values), np.empty_like(values)
+    floor = np.full(values.shape[:2], -np.inf, np.float32)  # the clipped channels' lower bound
+    for c in range(3):
+        channel = values[..., c]
+        mapped = np.interp(channel, grid, curves[c])
+        tolerance = TOLERANCE + STEP * np.interp(channel, grid, np.gradient(curves[c], grid))
+        low[..., c], high[..., c] = mapped - tolerance, mapped + tolerance
+        dark, bright = channel <= LOW, channel >= HIGH
+        high[..., c][dark], low[..., c][dark] = bounds[c, 0] + tolerance[dark], -np.inf
+        high[..., c][bright] = np.inf
+        floor = np.where(bright, np.maximum(floor, bounds[c, 1] - tolerance), floor)
+    clipped = (values >= HIGH).any(axis=-1)
+    top_low = np.where(clipped, floor, low.max(axis=-1))
+    top_high = np.where(clipped, np.float32(np.inf), high.max(axis=-1))
+    if judge:
+        low[clipped] -= CROSSTALK
+    else:
+        low[clipped[..., None] & (values < HIGH)] = -np.inf
+    return (low, high), (top_low.astype(np.float32), top_high.astype(np.float32)), clipped
 
 
 def _gap(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -236,26 +272,26 @@ def _gap(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> 
 
 
 def _inconsistency(small: np.ndarray, curves: np.ndarray, bounds: np.ndarray, reference: int) -> np.ndarray:
-    """``(N, h, w)``: per pixel, the gap between each frame's and the reference's intervals.
-
-    Where neither has a saturated channel, the Euclidean norm of the three channels' gaps. Where one has, only
-    the brightest channel is compared: when a camera clips one channel it also bends the others (yellow neon
-    turns white, skin turns yellow), so the unclipped channels of such a pixel are no evidence either way.
-    """
-    identity = np.linspace(0, 1, curves.shape[-1], dtype=np.float32)
-    # The reference's interval spans its 3x3 neighbourhood: a sub-pixel shift, or a frame blurred by its longer
+    """``(N, h, w)``: per pixel, the Euclidean norm of the gaps between each frame's and the reference's
+    intervals, over the channels and, where either is clipped, the brightest channel (0 for the reference)."""
+    identity = np.tile(np.linspace(0, 1, curves.shape[-1], dtype=np.float32), (3, 1))
+    # The reference's intervals span its 3x3 neighbourhood: a sub-pixel shift, or a frame blurred by its longer
     # exposure, then does not light up every edge, while objects (many pixels wide) are still far outside.
     slack = np.ones((3, 3), np.uint8)
-    ref = [
-        (cv2.erode(low, slack), cv2.dilate(high, slack))
-        for low, high in (_intervals(small[reference, ..., c], identity, bounds[reference, c]) for c in range(3))
-    ]
+
+    def widened(interval):
+        return cv2.erode(interval[0], slack), cv2.dilate(interval[1], slack)
+
+    ref_channels, ref_top, ref_clipped = _intervals(small[reference], identity, bounds[reference], judge=True)
+    ref_channels, ref_top = widened(ref_channels), widened(ref_top)
     gaps = np.zeros(small.shape[:3], np.float32)
     for n in range(small.shape[0]):
         if n == reference:
             continue
-        frame = [_intervals(small[n, ..., c], curves[n, c], bounds[n, c]) for c in range(3)]
-        gaps[n] = np.sqrt(sum(_gap(f, r) ** 2 for f, r in zip(frame, ref)))
+        channels, top, clipped = _intervals(small[n], curves[n], bounds[n])
+        squares = (_gap(channels, ref_channels) ** 2).sum(axis=-1)
+        squares += np.where(clipped | ref_clipped, _gap(top, ref_top) ** 2, 0)
+        gaps[n] = np.sqrt(squares)
     return gaps
 
 
@@ -331,22 +367,40 @@ def _resized(small: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _boxes(mask: np.ndarray, factor: int, height: int, width: int):
-    """``(reduced, full)`` pairs of ``(rows, cols)`` slices around each connected part of the reduced ``mask``
-    (one pixel of margin), in the reduced copy and in the full-size frame (the last part stretched to the edge
-    over the rows and columns the reduction left out)."""
+    """Disjoint ``(reduced, full)`` pairs of ``(rows, cols)`` slices that hold every non-zero pixel of the reduced
+    ``mask``: a box per connected part (one pixel of margin), boxes that overlap merged, in the reduced copy and
+    in the full-size frame (stretched to its edge over the rows and columns the reduction left out)."""
     count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
     small_height, small_width = mask.shape
-    for left, top, box_width, box_height, _ in stats[1:count]:
-        top, left = max(0, top - 1), max(0, left - 1)
-        bottom, right = min(small_height, top + box_height + 2), min(small_width, left + box_width + 2)
+    boxes = [
+        [max(0, top - 1), min(small_height, top + rows + 1), max(0, left - 1), min(small_width, left + cols + 1)]
+        for left, top, cols, rows, _ in stats[1:count]
+    ]
+    merged = True
+    while merged:  # a handful of boxes: the quadratic merge costs nothing
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]:
+                    boxes[i] = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    for top, bottom, left, right in boxes:
         full_bottom = height if bottom == small_height else bottom * factor
         full_right = width if right == small_width else right * factor
         yield (slice(top, bottom), slice(left, right)), (slice(top * factor, full_bottom), slice(left * factor, full_right))
 
 
 def remove_ghosts(
-    frames: torch.Tensor, reference: int | None = None, masks: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    frames: torch.Tensor,
+    reference: int | None = None,
+    masks: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ghost-free frames and fusion weights: the two halves of deghosting (module docstring, step 4).
 
     Args:
@@ -354,27 +408,37 @@ def remove_ghosts(
         reference: index of the reference frame (default: per bracket, :func:`reference_index`).
         masks: ``(N, 1, h, w)`` (resp. ``(B, N, 1, h, w)``) soft masks in ``[0, 1]`` of any size, e.g. from
             :func:`ghost_masks` and edited, or found on another bracket to process two alike; default: found here.
+        out: where to write the ghost-free frames, shaped like ``frames``; ``frames`` itself saves a copy (at
+            12 MP, 5 frames are 0.7 GB) when the caller may change them. Default: a new tensor when anything moved.
 
     Returns:
         ``(frames, weights)``: the frames, where each non-reference frame's moving content is replaced by the
-        reference mapped to that frame's exposure (the input itself when nothing moves, else a new tensor),
-        and ``(N, 1, H, W)`` (resp. ``(B, N, 1, H, W)``) float32 weights in ``[0, 1]`` for the fusion's
-        ``frame_weights``: 0 where a frame showed moving content and the reference is clipped there, 1
-        elsewhere and everywhere in the reference frame. Both on the frames' device.
+        reference mapped to that frame's exposure (``out``, or the input itself when nothing moved, else a new
+        tensor); and ``(N, 1, H, W)`` (resp. ``(B, N, 1, H, W)``) float32 weights in ``[0, 1]`` for the
+        fusion's ``frame_weights``: 0 where a frame showed moving content and the reference is clipped there,
+        1 elsewhere and everywhere in the reference frame; ``None`` where that leaves every weight at 1. Both
+        on the frames' device.
 
     Example:
         >>> frames = torch.linspace(0.2, 0.8, 3).view(3, 1, 1, 1).expand(3, 3, 16, 24)  # static: nothing moves
         >>> clean, weights = remove_ghosts(frames)
-        >>> clean is frames, bool((weights == 1).all())
-        (True, True)
+        >>> clean is frames, weights
+        (True, None)
     """
     if isinstance(frames, torch.Tensor) and frames.dim() == 5:
         given = [None] * len(frames) if masks is None else masks
-        pairs = [remove_ghosts(bracket, reference, m) for bracket, m in zip(frames, given)]
-        if all(clean is bracket for (clean, _), bracket in zip(pairs, frames)):
-            return frames, torch.stack([weights for _, weights in pairs])
-        return torch.stack([clean for clean, _ in pairs]), torch.stack([weights for _, weights in pairs])
+        targets = [None] * len(frames) if out is None else out
+        pairs = [remove_ghosts(bracket, reference, m, o) for bracket, m, o in zip(frames, given, targets)]
+        weights = None
+        if any(w is not None for _, w in pairs):
+            ones = torch.ones(frames.shape[1], 1, *frames.shape[-2:], device=frames.device)
+            weights = torch.stack([ones if w is None else w for _, w in pairs])
+        if out is None and all(clean is bracket for (clean, _), bracket in zip(pairs, frames)):
+            return frames, weights
+        return (out if out is not None else torch.stack([clean for clean, _ in pairs])), weights
     _check(frames)
+    if out is not None and (not isinstance(out, torch.Tensor) or out.shape != frames.shape):
+        raise ValueError(f"out must be a tensor shaped like frames {tuple(frames.shape)}")
     height, width = frames.shape[-2:]
     small = _reduced(frames)
     reference = _reference(small) if reference is None else reference
@@ -387,26 +451,30 @@ def remove_ghosts(
         masks = [np.clip(m, 0, 1).astype(np.float32) for m in masks]
     distrust = _distrust(small[reference])
     factor = _factor(height, width)
-    weights = torch.ones(len(masks), 1, height, width, device=frames.device)
-    clean = frames
+    weights = None
+    clean = frames if out is None else out
+    if out is not None and out is not frames:
+        out.copy_(frames)
     for n, mask in enumerate(masks):
         if n == reference or not mask.any():
             continue
-        if clean is frames:
+        if clean is frames and out is None:
             clean = frames.clone()
         # The reference mapped to this frame's exposure (histogram matching the other way round) replaces the
         # moving content, so that no pyramid level of the frame holds the object any more.
         inverse = _curves(small[[n, reference]], 0)[0][1]
         drop = mask * distrust
-        # Each part on its own (only its box is touched at full size); overlapping boxes are harmless: both
-        # blend from the untouched input.
-        for (rows, cols), (full_rows, full_cols) in _boxes(mask, factor, height, width):
+        if weights is None and drop.any():
+            weights = torch.ones(len(masks), 1, height, width, device=frames.device)
+        for (rows, cols), (full_rows, full_cols) in _boxes(mask, factor, height, width):  # only what moved
             size = (full_cols.stop - full_cols.start, full_rows.stop - full_rows.start)
             alpha = torch.from_numpy(cv2.resize(mask[rows, cols], size, interpolation=cv2.INTER_LINEAR)).to(frames)
             source = frames[reference, :, full_rows, full_cols]
             for c in range(3):
                 filled = _lut(source[c], inverse[c])
-                clean[n, c, full_rows, full_cols] = torch.lerp(frames[n, c, full_rows, full_cols], filled, alpha)
-            lost = cv2.resize(drop[rows, cols], size, interpolation=cv2.INTER_LINEAR)
-            weights[n, 0, full_rows, full_cols] = torch.from_numpy(1 - lost).to(weights)
+                target = clean[n, c, full_rows, full_cols]
+                target.copy_(torch.lerp(target, filled, alpha))  # boxes are disjoint: each pixel blended once
+            if weights is not None:
+                lost = cv2.resize(drop[rows, cols], size, interpolation=cv2.INTER_LINEAR)
+                weights[n, 0, full_rows, full_cols] = torch.from_numpy(1 - lost).to(weights)
     return clean, weights

@@ -326,8 +326,9 @@ def _times_frame_weights(raw: torch.Tensor, frame_weights: torch.Tensor, in_plac
     average all frames. A pixel that *every* frame weights 0 is averaged evenly."""
     frame_weights = frame_weights.to(raw)
     weight = raw.mul_(frame_weights) if in_place else raw * frame_weights
-    unweighted = (frame_weights == 0).all(dim=-4, keepdim=True)
-    if bool(unweighted.any()):
+    # Only when no frame is positive everywhere can a pixel be 0 in every frame (one reduction, no full-size map).
+    if not bool((frame_weights.flatten(-3).amin(dim=-1) > 0).any(dim=-1).all()):
+        unweighted = (frame_weights == 0).all(dim=-4, keepdim=True)
         weight = torch.where(unweighted, torch.ones_like(weight), weight)
     return weight
 
