@@ -17,10 +17,10 @@ weights are computed at full size, and only in the boxes around what moved.
    correspondence, so moving objects barely bias it (they are in both frames, somewhere), and it follows the
    camera's own response, clipping included. The correction model is the other way to bring frames to one
    exposure; ``bench/ghosts.py`` measured both on moving objects pasted into real brackets (docs/benchmarks.md,
-   "Ghost removal"): with at most 0.1 % of static pixels flagged, histogram matching finds 80 % of the moving
-   pixels, the ``default`` model's corrected frames 67 % (compared directly) or 49 % (then histogram-matched).
-   The model corrects every frame on its own, with its own local curves, so static content does not come out
-   equal across frames, and it costs a network pass per frame.
+   "Ghost removal"): with 1 % (0.1 %) of the static pixels flagged, histogram matching finds 85 % (73 %) of the
+   moving pixels, the ``default`` model's corrected frames 76 % (67 %) compared directly and 67 % (48 %) when
+   histogram-matched in turn. The model corrects every frame on its own, with its own local curves, so static
+   content does not come out equal across frames, and it costs a network pass per frame.
 2. **Inconsistency** (:func:`inconsistency`): per channel, each pixel's value is an interval in the reference's
    scale: the mapped value plus or minus a tolerance (a floor for noise and JPEG, plus the frame's quantisation
    step times the mapping's slope, steep where a dark frame is lifted); the reference's interval also spans its
@@ -77,12 +77,13 @@ WORK_PIXELS = 300_000
 #: which a pixel is a ghost. Chosen on the synthetic moving objects and the static scenes of bench/ghosts.py.
 THRESHOLD = 0.04
 #: Values at or above this (at or below LOW) are clipped: only a bound on the scene's brightness. Well below 1:
-#: cameras roll highlights off and clip each hue at its own level (HDRPS's neon signs saturate near 0.77 in red),
-#: and 0.9 and 0.95 found as many moving pixels on the benchmark (80 % and 79 % with 0.1 % of static ones).
+#: cameras roll highlights off and clip each hue at its own level (HDRPS's Waffle House neon sign tops out near
+#: 0.77 in red where a frame 4 stops darker says it must be clipped).
 HIGH = 0.9
 LOW = 0.015
 #: How far the reference's channels may have been pulled up where it clipped another channel (:func:`_intervals`):
-#: 0.3 kept the synthetic objects' ghosts as low as no allowance while a sunset's glow stopped being flagged.
+#: 0.2 and 0.3 left the same ghost energy on the benchmark; with 0.3 a sunset's glow (Merianos' SecretBeach) is
+#: no longer flagged.
 CROSSTALK = 0.3
 #: Width of the ramp from "clipped" to "trusted" (:func:`_distrust`).
 RAMP = 0.1
@@ -96,7 +97,7 @@ LUT_SIZE = 4096
 #: dilation (edges and coarse pyramid levels) and the Gaussian blur's sigma.
 OPEN_FRACTION = 0.0026
 CLOSE_FRACTION = 0.02
-DILATE_FRACTION = 0.03
+DILATE_FRACTION = 0.02
 BLUR_FRACTION = 0.008
 
 
@@ -392,7 +393,8 @@ def _boxes(mask: np.ndarray, factor: int, height: int, width: int):
     for top, bottom, left, right in boxes:
         full_bottom = height if bottom == small_height else bottom * factor
         full_right = width if right == small_width else right * factor
-        yield (slice(top, bottom), slice(left, right)), (slice(top * factor, full_bottom), slice(left * factor, full_right))
+        full = (slice(top * factor, full_bottom), slice(left * factor, full_right))
+        yield (slice(top, bottom), slice(left, right)), full
 
 
 def remove_ghosts(
