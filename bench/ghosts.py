@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/ghosts.py --json ghosts.json --figure docs/ghosts.jpg   # everything (~10 min, 2 cores)
-    .venv/bin/python bench/ghosts.py --quick          # 3 scenes, no model, no 12 MP timing (~2 min)
+    .venv/bin/python bench/ghosts.py --quick          # 3 scenes, no model, no 12 MP timing (~15 s)
 
 Four parts, all printed and written to ``--json``:
 
@@ -420,7 +420,7 @@ def summarise(rows: list[dict], methods, static_rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 scenes, no model, no 12 MP timing")
+    parser.add_argument("--quick", action="store_true", help="3 scenes, 4 static ones, no model, no 12 MP timing")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
     parser.add_argument("--figure", type=Path, default=None, help="write the real-dynamic-scene figure here")
