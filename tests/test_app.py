@@ -411,6 +411,29 @@ def test_browser_fuse_aligns_a_handheld_bracket(server, page, tmp_path):
     assert "Aligned to hand_0.png" in report and "hand_N2.png" in report and "+4.0" in report
     shown = Image.open(_io.BytesIO(_fetch(fused_url)))
     assert shown.width < width - 4 and shown.height < height - 4  # cropped to the region all frames cover
+
+
+def test_browser_fuse_removes_ghosts(server, page, tmp_path):
+    from loopexpose.deghost import remove_ghosts
+    from test_deghost import MOVING, moving_bracket
+
+    demo, _ = server
+    frames, _ = moving_bracket(MOVING)  # a coffee cup walks across an astronaut bracket
+    paths = [write_image(tmp_path / f"walker_{n}.png", to_numpy(frame)) for n, frame in enumerate(frames)]
+    page.get_by_role("tab", name="Fuse").click()
+    page.set_input_files("#fuse-input input[type=file]", [str(p) for p in paths])
+    for path in paths:
+        page.wait_for_selector(f'#fuse-input td.filename[aria-label="{path.name}"]')
+    page.check("#fuse-deghost input[type=checkbox]")
+    page.click("#fuse-button")
+    (fused_url,) = _loaded_images(page, "#fuse-result", 1)
+    assert "Ghost removal: moving content replaced in 2 of 3 frames" in page.inner_text("#fuse-report")
+    shown = np.asarray(Image.open(_io.BytesIO(_fetch(fused_url))).convert("RGB"), dtype=np.float32) / 255
+    model = demo.model(demo.model_names[0])
+    clean, weights = remove_ghosts(frames)
+    corrected = torch.stack([model.correct(frame) for frame in clean]).clamp(0, 1)
+    expected = to_numpy(fusion.loop_fuse(clean, corrected, frame_weights=weights).clamp(0, 1))
+    assert np.abs(shown - expected).mean() < 0.01
     assert page.outside == []
 
 

@@ -29,12 +29,15 @@ def fuse(
     preset: str = "opencv",
     device: str | torch.device | None = None,
     align: bool = False,
+    deghost: bool = False,
 ):
     """Exposure fusion of one bracket: plain Mertens, or with a ``model`` the LoopExpose MEF result.
 
     With a model, every frame is corrected with it and the corrected frames are fused together with the inputs
     (:func:`loopexpose.fusion.loop_fuse`: tone from the corrected frames, detail from the inputs); without a
-    model this is plain Mertens fusion of the inputs with ``preset`` weights.
+    model this is plain Mertens fusion of the inputs with ``preset`` weights. With ``deghost``, things that
+    moved between the frames come from the reference frame (the one nearest mid-grey) instead of appearing as
+    semi-transparent ghosts (:func:`loopexpose.deghost.remove_ghosts`, before any correction).
 
     Args:
         frames: one bracket, as any of
@@ -55,6 +58,7 @@ def fuse(
             every frame warped onto the one nearest mid-grey, the borders cropped to the region all frames
             cover, so the result is a little smaller than the frames). A frame that cannot be aligned is left out
             with an :class:`~loopexpose.brackets.align.AlignmentWarning` naming it. One bracket only, not a batch.
+        deghost: remove ghosts of moving objects (people, leaves, water, cars). The frames must be aligned (``align``, which runs first).
 
     Returns:
         The fused image clipped to ``[0, 1]``, of the kind given: a tensor ``(3, H, W)`` (``(B, 3, H, W)`` for a
@@ -87,10 +91,17 @@ def fuse(
         tensor = tensor.to(next(model.parameters()).device)
     corrector = _corrector(model)
     with torch.no_grad():
+        weights = None
+        if deghost:
+            from loopexpose.deghost import remove_ghosts
+
+            # Frames read from files or given as arrays are ours to change: no copy of the bracket.
+            tensor, weights = remove_ghosts(tensor, out=tensor if kind != "tensor" else None)
         if corrector is None:
-            fused = fusion.fuse(tensor, preset=preset).clamp_(0, 1)
+            fused = fusion.fuse(tensor, preset=preset, frame_weights=weights).clamp_(0, 1)
         else:
-            fused = fusion.loop_fuse(tensor, fusion.correct_frames(tensor, corrector)).clamp_(0, 1)
+            corrected = fusion.correct_frames(tensor, corrector)
+            fused = fusion.loop_fuse(tensor, corrected, frame_weights=weights).clamp_(0, 1)
     if kind == "tensor":
         return restore(fused, given)
     pixels = io.to_numpy(fused)

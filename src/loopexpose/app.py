@@ -306,7 +306,9 @@ class WebDemo:
         )
         return CorrectResult(_preview(photo.pixels), _preview(corrected), out, before, after, seconds, report)
 
-    def fuse(self, uploads: Sequence[str | os.PathLike] | None, model_name: str, align: bool = False) -> FuseResult:
+    def fuse(
+        self, uploads: Sequence[str | os.PathLike] | None, model_name: str, align: bool = False, deghost: bool = False
+    ) -> FuseResult:
         """Order an uploaded bracket (2..``max_frames`` frames, any order), correct every frame, and fuse them
         with the inputs (the LoopExpose MEF result, :func:`loopexpose.fusion.loop_fuse`).
 
@@ -315,6 +317,9 @@ class WebDemo:
         handheld bracket is registered first (:func:`loopexpose.brackets.align.align_frames`): the result is
         cropped to the region every frame covers, the report gives every frame's motion, and a frame that cannot
         be aligned is left out (the report says so).
+        With ``deghost``, what moved between the frames is taken from the frame nearest mid-grey
+        (:func:`loopexpose.deghost.remove_ghosts`, after alignment and before correction); the corrected frames are
+        then those of the ghost-free frames, the ordered ones stay as uploaded.
         """
         from loopexpose import fusion
         from loopexpose.brackets import load_bracket, order_bracket
@@ -348,8 +353,18 @@ class WebDemo:
             frames = alignment.frames
             names, evs = [names[i] for i in alignment.kept], [evs[i] for i in alignment.kept]
         started = time.perf_counter()
-        corrected = torch.stack([model.correct(frame) for frame in frames]).clamp(0, 1)
-        fused = fusion.loop_fuse(frames, corrected).clamp(0, 1)
+        weights, ghosts = None, ""
+        if deghost:
+            from loopexpose.deghost import remove_ghosts
+
+            clean, weights = remove_ghosts(frames)
+            changed = [names[n] for n in range(len(frames)) if not torch.equal(clean[n], frames[n])]
+            ghosts = (f"Ghost removal: moving content replaced in {len(changed)} of {len(frames)} frames"
+                      f"{' (' + ', '.join(changed) + ')' if changed else ''}.\n\n")  # fmt: skip
+        else:
+            clean = frames
+        corrected = torch.stack([model.correct(frame) for frame in clean]).clamp(0, 1)
+        fused = fusion.loop_fuse(clean, corrected, frame_weights=weights).clamp(0, 1)
         seconds = time.perf_counter() - started
         ordered, fixed, rows = [], [], []
         for name, frame, result, ev in zip(names, frames, corrected, evs):
@@ -368,7 +383,7 @@ class WebDemo:
         report = (
             f"Exposure order (rule: **{bracket.rule}**): {' → '.join(names)}\n\n"
             f"**{model_name}** corrected {len(frames)} frames of {width}x{height} and fused them with the inputs "
-            f"in **{seconds:.2f} s**; fused result: {result}\n\n"
+            f"in **{seconds:.2f} s**; fused result: {result}\n\n{ghosts}"
             "| frame | before: mean luma (EV) | after: mean luma (EV) |\n|---|---|---|\n" + "\n".join(rows)
         )
         if alignment is not None:
@@ -468,11 +483,11 @@ def handle_correct(demo: WebDemo, upload: Any, model_name: str):
     return (result.before, result.after), result.report, gr.DownloadButton(value=str(result.download), visible=True)
 
 
-def handle_fuse(demo: WebDemo, uploads: Any, model_name: str, align: bool = False):
+def handle_fuse(demo: WebDemo, uploads: Any, model_name: str, align: bool = False, deghost: bool = False):
     """The *Fuse* button: ``(ordered, corrected, fused, report, download button)``; errors as :func:`_run`."""
     gr = _gradio()
     paths = None if uploads is None else [upload_path(u) for u in uploads]
-    result = _run(demo, demo.fuse, paths, model_name, bool(align))
+    result = _run(demo, demo.fuse, paths, model_name, bool(align), bool(deghost))
     download = gr.DownloadButton(value=str(result.download), visible=True)
     return result.ordered, result.corrected, result.fused, result.report, download
 
@@ -488,8 +503,8 @@ def build_app(demo: WebDemo):
     def run_correct(upload, model_name):
         return handle_correct(demo, upload, model_name)
 
-    def run_fuse(uploads, model_name, align):
-        return handle_fuse(demo, uploads, model_name, align)
+    def run_fuse(uploads, model_name, align, deghost):
+        return handle_fuse(demo, uploads, model_name, align, deghost)
 
     limits = demo.limits
     with gr.Blocks(title="LoopExpose", analytics_enabled=False) as blocks:
@@ -533,6 +548,10 @@ def build_app(demo: WebDemo):
                         value=False, label="Align frames", elem_id="fuse-align",
                         info="For handheld brackets: register every frame to the one nearest mid-grey, crop the borders",
                     )
+                    fuse_deghost = gr.Checkbox(
+                        False, label="Remove ghosts", elem_id="fuse-deghost",
+                        info="Things that moved between the shots come from one frame instead of showing through",
+                    )
                     fuse_button = gr.Button("Fuse", variant="primary", elem_id="fuse-button")
                     gr.Examples(
                         [[[str(p) for p in bracket]] for bracket in brackets], inputs=[files], elem_id="fuse-examples",
@@ -550,7 +569,8 @@ def build_app(demo: WebDemo):
             ordered = gr.Gallery(label="Frames in exposure order", elem_id="fuse-ordered", **gallery)
             corrected = gr.Gallery(label="Corrected frames", elem_id="fuse-corrected", **gallery)
             fuse_button.click(
-                run_fuse, [files, fuse_model, fuse_align], [ordered, corrected, fused, fuse_report, fuse_download],
+                run_fuse, [files, fuse_model, fuse_align, fuse_deghost],
+                [ordered, corrected, fused, fuse_report, fuse_download],
                 concurrency_limit=1,
             )
     demo.keep_current_uploads()

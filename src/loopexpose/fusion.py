@@ -320,6 +320,36 @@ def _weights_of_block(
 _contrast, _saturation = contrast, saturation  # quality_weights' arguments shadow these names
 
 
+def _times_frame_weights(raw: torch.Tensor, frame_weights: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """Unnormalised quality weights ``(*, N, 1, H, W)`` times ``frame_weights``, epsilon included: a frame weighted
+    0 never contributes, even where no frame has any quality (flat, grey, clipped), where Mertens' epsilon would
+    average all frames. A pixel that *every* frame weights 0 is averaged evenly."""
+    frame_weights = frame_weights.to(raw)
+    weight = raw.mul_(frame_weights) if in_place else raw * frame_weights
+    # Only when no frame is positive everywhere can a pixel be 0 in every frame (one reduction, no full-size map).
+    if not bool((frame_weights.flatten(-3).amin(dim=-1) > 0).any(dim=-1).all()):
+        unweighted = (frame_weights == 0).all(dim=-4, keepdim=True)
+        weight = torch.where(unweighted, torch.ones_like(weight), weight)
+    return weight
+
+
+def _weighted(raw: torch.Tensor, frame_weights: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """:func:`_times_frame_weights`, normalised over the frames. With ``frame_weights == 1`` this is exactly
+    the normalised ``raw``."""
+    weight = _times_frame_weights(raw, frame_weights, in_place)
+    total = weight.sum(dim=-4, keepdim=True)
+    return weight.div_(total) if in_place else weight / total
+
+
+def _check_frame_weights(frame_weights: torch.Tensor | None, images: torch.Tensor) -> None:
+    if frame_weights is None:
+        return
+    expected = (*images.shape[:-3], 1, *images.shape[-2:])
+    if not isinstance(frame_weights, torch.Tensor) or tuple(frame_weights.shape) != expected:
+        shape = tuple(frame_weights.shape) if isinstance(frame_weights, torch.Tensor) else type(frame_weights).__name__
+        raise ValueError(f"frame_weights must be shaped {expected} for images {tuple(images.shape)}, got {shape}")
+
+
 # ----------------------------------------------------------------------------------------------- pyramids
 # Hand-written rather than kornia's pyrdown/pyrup: kornia floors odd sizes (37 -> 18, OpenCV gives 19), blurs
 # differently (0.11 max difference from cv2.pyrDown on even sizes, version 0.9) and up-samples bilinearly
@@ -540,7 +570,11 @@ def _pyramid_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]
 
 
 def _fuse_on_cpu(
-    images: torch.Tensor, exponents: tuple[float, float, float], levels: int, workers: int = 1
+    images: torch.Tensor,
+    exponents: tuple[float, float, float],
+    levels: int,
+    workers: int = 1,
+    frame_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`mertens_fuse` for the CPU without autograd: same arithmetic, in place, bracket by bracket.
 
@@ -554,16 +588,20 @@ def _fuse_on_cpu(
         images: ``(B, N, C, H, W)`` float32/64 on the CPU.
         exponents: ``(contrast, saturation, exposedness)``.
         workers: threads; brackets are dealt out round-robin.
+        frame_weights: ``(B, N, 1, H, W)`` factors of the quality weights, or ``None``.
     """
     images = images.detach().contiguous()
     fused = torch.empty(images.shape[0], *images.shape[2:], dtype=images.dtype)
     workers = max(1, min(workers, images.shape[0]))
     if workers == 1:
-        _fuse_brackets_on_cpu(images, range(images.shape[0]), exponents, levels, fused)
+        _fuse_brackets_on_cpu(images, range(images.shape[0]), exponents, levels, fused, frame_weights)
         return fused
     with ThreadPoolExecutor(workers) as pool:
         jobs = [
-            pool.submit(_fuse_brackets_on_cpu, images, range(w, images.shape[0], workers), exponents, levels, fused)
+            pool.submit(
+                _fuse_brackets_on_cpu, images, range(w, images.shape[0], workers), exponents, levels, fused,
+                frame_weights,
+            )
             for w in range(workers)
         ]
         for job in jobs:
@@ -572,7 +610,12 @@ def _fuse_on_cpu(
 
 
 def _fuse_brackets_on_cpu(
-    images: torch.Tensor, which: range, exponents: tuple[float, float, float], levels: int, fused: torch.Tensor
+    images: torch.Tensor,
+    which: range,
+    exponents: tuple[float, float, float],
+    levels: int,
+    fused: torch.Tensor,
+    frame_weights: torch.Tensor | None = None,
 ) -> None:
     """Fuse brackets ``which`` of ``images`` ``(B, N, C, H, W)`` into ``fused[which]``, reusing one set of buffers."""
     _, frames, channels, height, width = images.shape
@@ -582,7 +625,11 @@ def _fuse_brackets_on_cpu(
     up = [torch.empty(channels, *size, dtype=images.dtype) for size in sizes[:-1]]
     result = [torch.empty(channels, *size, dtype=images.dtype) for size in sizes]
     for b in which:
-        weights = quality_weights(images[b], *exponents).to(images.dtype)
+        if frame_weights is None:
+            weights = quality_weights(images[b], *exponents).to(images.dtype)
+        else:
+            weights = _weighted(quality_weights(images[b], *exponents, normalise=False), frame_weights[b], True)
+            weights = weights.to(images.dtype)
         result[0] = fused[b].zero_()
         for level in result[1:]:
             level.zero_()
@@ -621,6 +668,7 @@ def mertens_fuse(
     saturation: float = 1.0,
     exposedness: float = 1.0,
     levels: int | None = None,
+    frame_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fuse an exposure bracket (or a batch of them) with Mertens exposure fusion.
 
@@ -633,6 +681,10 @@ def mertens_fuse(
             ``cv2.createMergeMertens()`` uses ``(1, 1, 0)``: see :data:`PRESETS` and :func:`fuse`.
         levels: pyramid levels including the full-resolution one; ``None`` is OpenCV's
             ``floor(log2(min(H, W))) + 1``; ``1`` is a plain per-pixel weighted average.
+        frame_weights: ``(N, 1, H, W)`` (resp. ``(B, N, 1, H, W)``) factors in ``[0, 1]`` of each frame's
+            quality weights, applied before normalisation (e.g. from :func:`loopexpose.deghost.remove_ghosts`: 0
+            where a frame showed a moving object), or ``None``. A frame weighted 0 at a pixel does not contribute
+            there (where every frame is, all are averaged evenly); all ones gives the same result as ``None``.
 
     Returns:
         ``(3, H, W)`` or ``(B, 3, H, W)``, same dtype and device as ``images``. NOT clipped: it may leave
@@ -654,15 +706,23 @@ def mertens_fuse(
         levels = pyramid_levels(height, width)
     if not isinstance(levels, int) or levels < 1:
         raise ValueError(f"levels must be a positive int or None, got {levels!r}")
+    _check_frame_weights(frame_weights, images)
     if images.shape[-4] == 1:
         return images.select(-4, 0).clone()
-    if _opencv_ok(images):
+    if _opencv_ok(images) and (frame_weights is None or not _recording(frame_weights)):
         workers = torch.get_num_threads()  # the caller's thread budget, spent on brackets in parallel
         with _cpu_threads():
             brackets = images.reshape(-1, *images.shape[-4:])
-            fused = _fuse_on_cpu(brackets, (contrast, saturation, exposedness), levels, workers)
+            if frame_weights is not None:
+                frame_weights = frame_weights.detach().reshape(-1, *frame_weights.shape[-4:])
+            fused = _fuse_on_cpu(brackets, (contrast, saturation, exposedness), levels, workers, frame_weights)
         return fused if images.dim() == 5 else fused[0]
-    weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
+    if frame_weights is None:
+        weights = quality_weights(images, contrast, saturation, exposedness).to(images.dtype)
+    else:
+        raw = quality_weights(images, contrast, saturation, exposedness, normalise=False)
+        in_place = not _recording(raw, frame_weights)
+        weights = _weighted(raw, frame_weights, in_place).to(images.dtype)
     # Blend a few frames at a time and add up the pyramids: the result is the same, the peak memory smaller.
     frames = images.shape[-4]
     batch = images.shape[0] if images.dim() == 5 else 1
@@ -674,7 +734,12 @@ def mertens_fuse(
     return collapse_laplacian_pyramid(total)
 
 
-def fuse(images: torch.Tensor, preset: str = "opencv", levels: int | None = None) -> torch.Tensor:
+def fuse(
+    images: torch.Tensor,
+    preset: str = "opencv",
+    levels: int | None = None,
+    frame_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mertens fusion with a named preset of exponents.
 
     Args:
@@ -682,13 +747,14 @@ def fuse(images: torch.Tensor, preset: str = "opencv", levels: int | None = None
         preset: ``"opencv"`` (contrast 1, saturation 1, exposedness 0: ``cv2.createMergeMertens()``'s defaults,
             used by the LoopExpose authors for their pseudo-labels) or ``"mertens"`` (1, 1, 1: the paper).
         levels: see :func:`mertens_fuse`.
+        frame_weights: see :func:`mertens_fuse` (deghosting).
 
     Returns:
         ``(3, H, W)`` or ``(B, 3, H, W)``, not clipped.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown fusion preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return mertens_fuse(images, *PRESETS[preset], levels=levels)
+    return mertens_fuse(images, *PRESETS[preset], levels=levels, frame_weights=frame_weights)
 
 
 #: :func:`loop_fuse`: exponent of the band activity in the weights of the fine levels, and the number of coarsest
@@ -719,6 +785,7 @@ def loop_fuse(
     corrected: torch.Tensor | None = None,
     detail: float = DETAIL_EXPONENT,
     base_levels: int = BASE_LEVELS,
+    frame_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The LoopExpose multi-exposure-fusion result: detail from the input frames, tone from the corrected ones.
 
@@ -742,6 +809,9 @@ def loop_fuse(
             or ``None``.
         detail: exponent of the band activity at the fine levels (0: plain Mertens weights there).
         base_levels: number of coarsest pyramid levels blended from corrected and input frames (at least 1).
+        frame_weights: ``(*, N, 1, H, W)`` factors in ``[0, 1]`` of each input frame's weights, applied before
+            normalisation at every level, and to corrected frame ``n`` as to input frame ``n`` (it shows the same
+            moment); e.g. from :func:`loopexpose.deghost.remove_ghosts`. Needs ``M == N``. ``None``: no factors.
 
     Returns:
         ``(*, 3, H, W)``, not clipped (as :func:`mertens_fuse`).
@@ -760,12 +830,18 @@ def loop_fuse(
             raise ValueError(f"corrected {tuple(corrected.shape)} does not match inputs {tuple(inputs.shape)}")
     if not (math.isfinite(detail) and detail >= 0) or base_levels < 1:
         raise ValueError(f"need detail >= 0 and base_levels >= 1, got {detail} and {base_levels}")
+    _check_frame_weights(frame_weights, inputs)
+    if frame_weights is not None and corrected is not None and corrected.shape != inputs.shape:
+        raise ValueError(f"frame_weights need one corrected frame per input, got {tuple(corrected.shape)}")
     paper = PRESETS["mertens"]
     levels = pyramid_levels(*inputs.shape[-2:])
     split = max(levels - base_levels, 0)
     work = inputs if inputs.dtype == torch.float64 else inputs.float()
     in_place = not _recording(work) and (corrected is None or not _recording(corrected))
     raw = quality_weights(work, *paper, normalise=False)
+    if frame_weights is not None:
+        in_place = in_place and not _recording(frame_weights)
+        raw = _times_frame_weights(raw, frame_weights, in_place)
     inputs_sum = raw.sum(dim=-4, keepdim=True)
 
     def down(x: torch.Tensor) -> torch.Tensor:  # to the first coarse level
@@ -778,6 +854,8 @@ def loop_fuse(
     if corrected is not None:
         corrected = corrected.to(work)
         raw_corrected = quality_weights(corrected, *paper, normalise=False)
+        if frame_weights is not None:
+            raw_corrected = _times_frame_weights(raw_corrected, frame_weights, in_place)
         total = inputs_sum + raw_corrected.sum(dim=-4, keepdim=True)
         base_weight = down(raw / total)
         corrected_weight = down(raw_corrected.div_(total) if in_place else raw_corrected / total)

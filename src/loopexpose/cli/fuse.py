@@ -61,6 +61,7 @@ def fuse_scene(
     corrector: Callable | None = None,
     paths: list[Path] | None = None,
     align: bool = False,
+    deghost: bool = False,
 ) -> tuple[Path, Alignment | None]:
     """Load one scene's bracket (ordered by :mod:`loopexpose.brackets`), fuse it, and write ``target`` atomically.
 
@@ -78,6 +79,7 @@ def fuse_scene(
         align: register the frames first (:func:`loopexpose.brackets.align.align_frames`); the output is cropped
             to the region every frame covers, and frames that cannot be aligned are left out
             (:class:`~loopexpose.brackets.align.AlignmentWarning`).
+        deghost: remove ghosts of moving objects (:func:`loopexpose.deghost.remove_ghosts`), after ``align``.
 
     Returns:
         ``(target, alignment)``; ``alignment`` is ``None`` without ``align``.
@@ -100,7 +102,7 @@ def fuse_scene(
 
         alignment = align_frames(frames, names=[path.name for path in bracket.paths])
         frames = alignment.frames
-    fused = fuse_frames(frames.to(device), model=corrector, preset=preset)  # plain Mertens, or the LoopExpose MEF
+    fused = fuse_frames(frames.to(device), model=corrector, preset=preset, deghost=deghost)  # Mertens or LoopExpose MEF
     raw = bracket.paths[0].suffix.lower() in io.RAW_SUFFIXES  # a bracket is all RAW or none (order_bracket)
     if bits is None:
         bits = 16 if raw and target.suffix.lower() in {".png", ".tif", ".tiff"} else 8
@@ -132,6 +134,10 @@ def fuse(
     model: str = typer.Option("default", help="With --correct: bundled model name or a .safetensors checkpoint."),
     group: str = typer.Option("folder", "--group", help=GROUP_HELP + " With auto, each bracket is written to "
                               "OUT/<its first frame's name>.<format>."),
+    deghost: bool = typer.Option(
+        False, "--deghost", help="Remove ghosts: what moved between the frames (people, leaves, water, cars) is "
+        "taken from the frame nearest mid-grey instead of showing through semi-transparent. Frames must be aligned.",
+    ),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
     align: bool = typer.Option(
         False, "--align", help="Register handheld frames to the one nearest mid-grey first (exposure-invariant: "
@@ -199,7 +205,7 @@ def fuse(
                                 warnings.simplefilter("always")
                                 _, alignment = fuse_scene(job.folder, job.target, preset=preset, bits=out_bits,
                                                           device=device, max_side=max_side, corrector=corrector,
-                                                          align=align, paths=job.paths)  # fmt: skip
+                                                          align=align, deghost=deghost, paths=job.paths)  # fmt: skip
                             for warning in caught:  # frames left out (named by file), frames resized (by path)
                                 left_out = issubclass(warning.category, AlignmentWarning)
                                 message = f"{job.folder}: {warning.message}" if left_out else warning.message
