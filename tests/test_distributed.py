@@ -150,6 +150,10 @@ distributed.teardown(ctx)
 def test_helpers_on_two_gloo_processes(tmp_path):
     (tmp_path / "helpers.py").write_text(HELPERS_SCRIPT)
     result = _torchrun([str(tmp_path / "helpers.py"), str(tmp_path)], cwd=tmp_path, timeout=90)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        # gloo now and then aborts a rank while its threads shut down (seen once in 3 full runs, never alone);
+        # the run is repeated once and must then pass whole
+        result = _torchrun([str(tmp_path / "helpers.py"), str(tmp_path)], cwd=tmp_path, timeout=90)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for report in reports:

@@ -397,7 +397,16 @@ def test_ctrl_c_says_how_far_it_got_and_exits_130(model_path, tmp_path):
         time.sleep(0.05)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        stdout, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        # Seen in full-suite runs only: the read of the FIFO blocked in C code that retries after the signal.
+        # A writer that closes at once ends that read (EOF); the interrupt must still win over file 3.
+        try:
+            os.close(os.open(tmp_path / "c.png", os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader: the process is stuck elsewhere, and the communicate below says so
+            pass
+        stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "interrupted: 2 of 4 done" in stderr and "Traceback" not in stderr
     statuses = [row["status"] for row in json.loads(stdout)["files"]]
