@@ -349,9 +349,9 @@ def test_serve_refuses_a_busy_port_in_one_line():
 # ------------------------------------------------------------------------------ the console entry point
 
 def _entry(*args: str, **kwargs) -> subprocess.Popen:
-    """The command line in a child process that starts as from a shell: Ctrl-C (SIGINT) at its default, whatever
-    an earlier test left in this process (an ignored signal is inherited across exec, and Python then keeps
-    ignoring it)."""
+    """The command line in a child process that starts as from a terminal: Ctrl-C (SIGINT) at its default even
+    when the suite itself runs with SIGINT ignored (a background job of a non-interactive shell, ``make test &``):
+    an ignored signal is inherited across exec, and Python then keeps ignoring it."""
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONWARNINGS": ""}
     return subprocess.Popen([sys.executable, "-m", "loopexpose", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, preexec_fn=_default_interrupt, **kwargs)  # fmt: skip
