@@ -9,6 +9,7 @@ written here (:mod:`dng`: known pixels, exposure and white balance), and the rea
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -391,3 +392,22 @@ def test_kdc_copied_three_times_is_a_degenerate_bracket(kdc, tmp_path):
     single, _ = raw.render(kdc)
     # the fusion of three identical frames is that frame (up to the pyramid's rounding)
     assert np.abs(fused.astype(np.float64) - single).mean() / 65535 < 0.5 / 255
+
+
+def test_web_demo_fuses_an_uploaded_raw_bracket(dng_bracket, tmp_path):
+    from loopexpose.app import WebDemo
+
+    class Identity:
+        def correct(self, image):
+            return image
+
+    folder, _ = dng_bracket
+    demo = WebDemo(models={"identity": Identity()}, workdir=tmp_path / "web")
+    uploads = []
+    for n, path in enumerate(sorted(folder.iterdir())):  # as Gradio stores them: one sub-folder each
+        folder = demo.uploads / f"u{n}"
+        folder.mkdir()
+        uploads.append(str(shutil.copy(path, folder / path.name)))
+    result = demo.fuse(uploads, "identity")
+    assert result.rule == "exif" and result.names == ["c.dng", "a.dng", "b.dng"]  # 1/200, 1/100, 1/50 s
+    assert result.download.is_file()

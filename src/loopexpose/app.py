@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import IMAGE_SUFFIXES
+from loopexpose.io import INPUT_SUFFIXES
 from loopexpose.io import estimate_exposure as io_estimate_exposure
 
 log = logging.getLogger("loopexpose.app")
@@ -104,7 +104,7 @@ def safe_name(name: str, default_suffix: str = ".png") -> str:
     base = Path(str(name).replace("\\", "/")).name
     stem, suffix = Path(base).stem, Path(base).suffix.lower()
     stem = _SAFE_CHARS.sub("_", stem).strip("._") or "image"
-    if suffix not in IMAGE_SUFFIXES:
+    if suffix not in INPUT_SUFFIXES:
         suffix = default_suffix
     return stem[:80] + suffix
 
@@ -219,8 +219,8 @@ class WebDemo:
         name = path.name
         if not path.is_relative_to(self.workdir) or not path.is_file():
             raise LoopExposeError("not an uploaded file", name)
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise LoopExposeError("unsupported file type (use JPEG, PNG or TIFF)", name)
+        if path.suffix.lower() not in INPUT_SUFFIXES:
+            raise LoopExposeError("unsupported file type (use JPEG, PNG, TIFF or camera RAW)", name)
         size_mb = path.stat().st_size / 1e6
         if size_mb > self.limits.max_upload_mb:
             raise LoopExposeError(f"file is {size_mb:.1f} MB; the limit is {self.limits.max_upload_mb:g} MB", name)
@@ -540,7 +540,7 @@ def build_app(demo: WebDemo):
             with gr.Row():
                 with gr.Column(scale=2):
                     files = gr.File(
-                        file_count="multiple", file_types=sorted(IMAGE_SUFFIXES), type="filepath",
+                        file_count="multiple", file_types=sorted(INPUT_SUFFIXES), type="filepath",
                         label="Bracket: 2 or more photos of one scene, in any order", elem_id="fuse-input",
                     )
                     fuse_model = gr.Dropdown(names, value=names[0], label="Model", elem_id="fuse-model")
