@@ -69,6 +69,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
 import cv2
@@ -360,12 +361,7 @@ def evaluate(args) -> dict:
 
 
 def best_of(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(function, number=1, repeat=repeats))
 
 
 def speed(args) -> dict:

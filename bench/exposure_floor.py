@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import loopexpose  # noqa: E402
-from loopexpose.baselines import MID_GREY, gain_to_mid_grey  # noqa: E402
+from loopexpose.baselines import MID_GREY, gain_to_mid_grey, mean_luma  # noqa: E402
 from loopexpose.data import scan_brackets, split_scenes  # noqa: E402
 from loopexpose.evaluate import load_window  # noqa: E402
 from loopexpose.metrics import psnr, ssim  # noqa: E402
@@ -36,7 +36,7 @@ from loopexpose.paths import data_root  # noqa: E402
 
 def mid_grey_floor(model, thumb, params):
     """The floor with a fixed target: every frame darker than mid-grey lifted to mid-grey mean luma."""
-    luma = (thumb * thumb.new_tensor(network.LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1).flatten(1).mean(1)
+    luma = mean_luma(thumb).flatten()
     return network.floor_gain(luma, model.apply(thumb, params), torch.full_like(luma, MID_GREY))
 
 

@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+import timeit
 
 import cv2
 import numpy as np
@@ -65,12 +66,7 @@ def both_layouts(base: np.ndarray, mp: float) -> tuple[torch.Tensor, list[np.nda
 
 
 def best_of(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(function, number=1, repeat=repeats))
 
 
 def speed_table(megapixels: list[float], repeats: int) -> list[dict]:
