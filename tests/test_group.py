@@ -5,6 +5,7 @@ the same card without exposure bias, a folder without EXIF grouped by image simi
 
 from __future__ import annotations
 
+import inspect
 import math
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -21,8 +22,9 @@ from typer.testing import CliRunner
 
 from loopexpose import synth
 from loopexpose.brackets import group_brackets, order_bracket
-from loopexpose.brackets.group import BRACKET_SIZES, _bracket_order, exposure_offset, view_similarity
+from loopexpose.brackets.group import BRACKET_SIZES, MAX_GAP, _bracket_order, exposure_offset, view_similarity
 from loopexpose.cli import app
+from loopexpose.cli.scenes import scenes as scenes_command
 from loopexpose.errors import LoopExposeError
 
 # (exposure biases of one burst in shooting order, seconds from the end of the previous burst)
@@ -315,6 +317,26 @@ def test_cli_scenes_group_auto_mixed_sizes_fail_one_group(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "group IMG_0013" in errors[0] and "different sizes" in errors[0], result.stderr
     assert "bias 0 -2 +2, centre first" in result.stdout  # the other groups are listed
+
+
+def test_cli_max_gap_joins_a_slow_bracket(tmp_path):
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    scene = np.random.default_rng(3).random((24, 32, 3), dtype=np.float32) * 0.5
+    for index, bias in enumerate((0, -2, 2)):  # a bracket shot 3 s apart (self-timer, slow AEB)
+        when = START + timedelta(seconds=3 * index)
+        _write_shot(folder / f"IMG_{index + 1:04d}.JPG", scene * 2 ** (bias / 2.2), when, bias, _nominal(2**bias / 125))
+    default = invoke("scenes", str(folder), "--group", "auto")
+    assert default.exit_code == 0 and "0 bracket(s), 3 single shot(s)" in " ".join(default.stdout.split())
+    assert "time gap 3.0 s" in default.stdout
+    joined = invoke("scenes", str(folder), "--group", "auto", "--max-gap", "4")
+    assert joined.exit_code == 0 and "1 bracket(s), 0 single shot(s)" in " ".join(joined.stdout.split())
+    out = tmp_path / "fused"
+    fused = invoke("fuse", str(folder), "--group", "auto", "--max-gap", "4", "-o", str(out))
+    assert fused.exit_code == 0 and [p.name for p in out.iterdir()] == ["IMG_0001.png"], fused.output
+    assert invoke("scenes", str(folder), "--group", "auto", "--max-gap", "-1").exit_code == 2
+    # the option's default is the library's (written out in the CLI so that --help does not import OpenCV)
+    assert inspect.signature(scenes_command).parameters["max_gap"].default.default == MAX_GAP
 
 
 def test_cli_group_option_is_checked(tmp_path):

@@ -381,13 +381,13 @@ def _decode_tiff_stored(data: np.ndarray, path: Path | None = None) -> np.ndarra
     return np.ascontiguousarray(samples)
 
 
-def _to_float(samples: np.ndarray) -> np.ndarray:
-    """uint8/uint16/float samples -> float32 in ``[0, 1]``."""
+def _to_float(samples: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8/uint16/float samples -> float32 in ``[0, 1]``, in ``out`` (same shape) when given."""
     if samples.dtype == np.uint8:
-        return samples.astype(np.float32) * np.float32(1 / 255)
+        return np.multiply(samples, np.float32(1 / 255), out=out, dtype=np.float32)
     if samples.dtype == np.uint16:
-        return samples.astype(np.float32) * np.float32(1 / 65535)
-    return np.clip(samples.astype(np.float32), 0.0, 1.0)
+        return np.multiply(samples, np.float32(1 / 65535), out=out, dtype=np.float32)
+    return np.clip(samples, 0.0, 1.0, out=out, dtype=np.float32)
 
 
 # TIFF structure tags: they describe the file they were read from and must not be copied into another file.

@@ -38,12 +38,12 @@ from loopexpose.io import (
     INPUT_SUFFIXES,
     RAW_SUFFIXES,
     REFERENCE_LUMA,
+    _decode,
     _to_float,
     _truncated_jpeg,
     luma,
     open_pil,
     read_image,
-    read_pixels,
 )
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so that `loopexpose scenes` and --help start fast
@@ -385,31 +385,30 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
 
     if not isinstance(bracket, Bracket):
         bracket = order_bracket(bracket)
-    read = read_pixels
+    decode = _decode
     if any(Path(p).suffix.lower() in RAW_SUFFIXES for p in bracket.paths):
         from loopexpose.raw import bracket_decoder
 
         decode = bracket_decoder(bracket.paths)  # every frame with one white balance
 
-        def read(path, max_side):
-            return _to_float(decode(Path(path), max_side)[0])
-
-    frames = []
-    target: tuple[int, int] | None = None
-    for path in bracket.paths:
-        pixels = read(path, max_side)
-        if target is None:
-            target = pixels.shape[:2]
-        elif pixels.shape[:2] != target:
-            ratio = (pixels.shape[1] / pixels.shape[0]) / (target[1] / target[0])
+    # Each frame is decoded to its integer samples and converted straight into its slot of one (N, 3, H, W) float32
+    # buffer: one full-size float copy per frame (a float HWC frame, a stack and a transpose cost four, 5.6 s of
+    # memory traffic for 5 x 12 MP on the 2-core CPU).
+    stack: np.ndarray | None = None
+    for index, path in enumerate(bracket.paths):
+        samples = decode(Path(path), max_side)[0]
+        if stack is None:
+            stack = np.empty((len(bracket.paths), 3, *samples.shape[:2]), np.float32)
+        elif samples.shape[:2] != stack.shape[2:]:
+            height, width = stack.shape[2:]
+            ratio = (samples.shape[1] / samples.shape[0]) / (width / height)
             if abs(ratio - 1) > 0.02:
                 raise LoopExposeError(
-                    f"frame is {pixels.shape[1]}x{pixels.shape[0]} but the scene's first frame is "
-                    f"{target[1]}x{target[0]} (different aspect ratio)",
+                    f"frame is {samples.shape[1]}x{samples.shape[0]} but the scene's first frame is "
+                    f"{width}x{height} (different aspect ratio)",
                     path,
                 )
-            warnings.warn(f"{path}: resized {pixels.shape[1]}x{pixels.shape[0]} to {target[1]}x{target[0]}")
-            pixels = cv2.resize(pixels, (target[1], target[0]), interpolation=cv2.INTER_AREA)
-        frames.append(pixels)
-    # one numpy copy to (N, 3, H, W); torch.stack of permuted views is much slower on a busy CPU
-    return torch.from_numpy(np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2)))
+            warnings.warn(f"{path}: resized {samples.shape[1]}x{samples.shape[0]} to {width}x{height}")
+            samples = cv2.resize(samples, (width, height), interpolation=cv2.INTER_AREA)
+        _to_float(samples.transpose(2, 0, 1), out=stack[index])
+    return torch.from_numpy(stack)

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from loopexpose.cli.app import MAX_PIXELS_HELP, app, print_error
-from loopexpose.cli.scenes import GROUP_HELP, check_grouping, group_folders, print_grouping, print_skipped
+from loopexpose.cli.scenes import GROUP_HELP, MAX_GAP_HELP, check_grouping, group_folders, print_grouping, print_skipped
 from loopexpose.errors import LoopExposeError
 
 if TYPE_CHECKING:
@@ -134,6 +134,7 @@ def fuse(
     model: str = typer.Option("default", help="With --correct: bundled model name or a .safetensors checkpoint."),
     group: str = typer.Option("folder", "--group", help=GROUP_HELP + " With auto, each bracket is written to "
                               "OUT/<its first frame's name>.<format>."),
+    max_gap: float = typer.Option(2.0, "--max-gap", min=0.0, help=MAX_GAP_HELP),
     deghost: bool = typer.Option(
         False, "--deghost", help="Remove ghosts: what moved between the frames (people, leaves, water, cars) is "
         "taken from the frame nearest mid-grey instead of showing through semi-transparent. Frames must be aligned.",
@@ -183,7 +184,7 @@ def fuse(
     console = Console(stderr=True)
     singles = 0
     if group == "auto":
-        jobs, singles = plan_groups(scenes, out, format, console)
+        jobs, singles = plan_groups(scenes, out, format, console, max_gap)
     else:
         jobs = plan_scenes(scenes, out, format)
 
@@ -270,14 +271,16 @@ def plan_scenes(paths: list[Path], out: Path, format: str) -> list[SceneJob]:
     return jobs
 
 
-def plan_groups(paths: list[Path], out: Path, format: str, console: Console) -> tuple[list[SceneJob], int]:
+def plan_groups(
+    paths: list[Path], out: Path, format: str, console: Console, max_gap: float
+) -> tuple[list[SceneJob], int]:
     """``--group auto``: one job per bracket found in the folders under ``paths``
     (:func:`loopexpose.brackets.group_brackets`), each with its output ``OUT/<first frame's name>.<format>``,
     and the number of single shots (not fused). The groups of each folder and every file skipped are printed on
     ``console`` first; a folder that cannot be grouped, and a group that cannot be fused (frames of different
     sizes), become jobs with an error (the others go on)."""
     found = _find_folders(paths)
-    groupings = iter(group_folders([item for item in found if isinstance(item, Path)], console))
+    groupings = iter(group_folders([item for item in found if isinstance(item, Path)], console, max_gap))
     jobs: list[SceneJob] = []
     claimed: dict[Path, Path] = {}
     singles = 0

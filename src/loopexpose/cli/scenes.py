@@ -26,6 +26,10 @@ GROUP_HELP = (
     "a flat folder of shots, split into AEB brackets by EXIF exposure bias or exposure value and capture-time "
     "gaps, else by image similarity; single shots are listed, not fused). See docs/brackets.md."
 )
+MAX_GAP_HELP = (
+    "With --group auto: seconds allowed between the end of one frame's exposure and the start of the next within "
+    "a bracket (raise it for slow AEB with long exposures or a self-timer between frames)."
+)
 
 _RULE_HELP = {
     "exif": "EXIF exposure time x ISO / f-number^2",
@@ -43,6 +47,7 @@ def scenes(
         False, "--files", "-f", help="Also list each scene's files: darkest first (--group auto: capture order)."
     ),
     group: str = typer.Option("folder", "--group", help=GROUP_HELP),
+    max_gap: float = typer.Option(2.0, "--max-gap", min=0.0, help=MAX_GAP_HELP),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
 ) -> None:
     """List the exposure brackets found: frames, the rule that ordered them, and their EVs or mean lumas.
@@ -68,7 +73,7 @@ def scenes(
             print_error(exc, errors)
     console = Console()
     if group == "auto":
-        for grouping in group_folders(folders, errors):
+        for grouping in group_folders(folders, errors, max_gap):
             if isinstance(grouping, LoopExposeError):
                 failed += 1
                 print_error(grouping, errors)
@@ -141,7 +146,7 @@ def check_grouping(group: str) -> None:
         raise LoopExposeError(f"--group must be one of {', '.join(GROUPINGS)}, got {group!r}")
 
 
-def group_folders(folders: list[Path], console: Console) -> list:
+def group_folders(folders: list[Path], console: Console, max_gap: float) -> list:
     """:func:`loopexpose.brackets.group_brackets` of every folder, with a progress bar on ``console`` while the
     shots are read: a :class:`~loopexpose.brackets.Grouping` per folder, or the :class:`LoopExposeError` of a
     folder that cannot be grouped."""
@@ -156,7 +161,7 @@ def group_folders(folders: list[Path], console: Console) -> list:
         task = progress.add_task("reading", total=total)
         for folder in folders:
             try:
-                results.append(group_brackets(folder, progress=lambda _: progress.advance(task)))
+                results.append(group_brackets(folder, max_gap, progress=lambda _: progress.advance(task)))
             except LoopExposeError as exc:
                 results.append(exc)
     return results
