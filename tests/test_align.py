@@ -217,7 +217,8 @@ def test_cli_fuse_align_prints_motion_and_crops(tmp_path, handheld):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "hand held: aligned to x_0.png" in text
-    assert re.search(r"│ x_N2\.png │ \+5\.[23]", text) and "│ x_P2.png │ -4." in text  # dx of the dark, bright frame
+    # dx of the dark and bright frames
+    assert re.search(r"│ x_N2\.png │ \+5\.[23]", text) and "│ x_P2.png │ -4." in text
     fused = read_image(tmp_path / "out" / "hand held.png").pixels
     assert fused.shape[0] < shaken.shape[-2] and fused.shape[1] < shaken.shape[-1]
     plain = CliRunner().invoke(app, ["fuse", str(scene), "-o", str(tmp_path / "plain")])
