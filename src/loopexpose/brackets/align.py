@@ -108,7 +108,7 @@ MATCH_RATIO = 0.8
 RANSAC_THRESHOLD = 1.0
 MIN_MATCHES = 20
 #: The horizontal fields of view (degrees) the focal-length estimate may take, and where it starts.
-HFOV_RANGE = (10.0, 140.0)
+HFOV_RANGE = (1.0, 140.0)
 HFOV_START = 50.0
 #: A camera rotation is kept when it correlates no more than this much less than the Euclidean motion: the
 #: correlation is biased (step 4 of the module docstring), so this only catches a rotation that is wrong.
