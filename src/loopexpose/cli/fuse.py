@@ -142,8 +142,9 @@ def fuse(
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
     align: bool = typer.Option(
         False, "--align", help="Register handheld frames to the one nearest mid-grey first (exposure-invariant: "
-        "median-threshold bitmaps, then ECC homography), crop the borders to the region all frames cover, and print "
-        "each frame's motion. A frame that cannot be aligned is left out with a warning.",
+        "median-threshold bitmaps and ECC, then the camera's rotation from SIFT features), crop the borders to the "
+        "region all frames cover, and print each frame's motion. A frame that cannot be aligned is left out with a "
+        "warning.",
     ),
 ) -> None:
     """Fuse exposure brackets with Mertens exposure fusion: one image per scene folder.
