@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import atomic_write_bytes, luma, read_image, to_numpy, to_tensor, write_image
+from loopexpose.io import atomic_write_bytes, luma, read_icc, read_image, to_numpy, to_tensor, write_image
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -154,6 +154,7 @@ def test_exif_and_icc_survive_write(tmp_path, suffix, bits):
         assert exif.get(0x0112, 1) == 1  # not rotated twice
     again = read_image(out)
     assert again.bit_depth == bits and again.icc == SRGB_ICC and again.pixels.shape == (30, 20, 3)
+    assert read_icc(out) == SRGB_ICC and read_icc(source) == SRGB_ICC
     if suffix == ".jpg":  # lossy: noise recompressed at quality 95
         assert float(np.abs(again.pixels - photo.pixels).mean()) < 0.02
     else:

@@ -217,6 +217,21 @@ def read_image(path: str | os.PathLike) -> Photo:
     return Photo(pixels=_to_float(pixels), path=Path(path), bit_depth=bit_depth, exif=exif, icc=icc)
 
 
+def read_icc(path: str | os.PathLike) -> bytes | None:
+    """The ICC profile of a JPEG, PNG or TIFF file, from its header alone (``None``: none embedded).
+
+    Raises:
+        LoopExposeError: as :func:`image_size`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoopExposeError("no such file", path)
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise LoopExposeError("empty file", path)
+    return _read_metadata(data, path)[1]
+
+
 def read_pixels(path: str | os.PathLike, max_side: int = 0) -> np.ndarray:
     """The pixels of an image file alone: ``(H, W, 3)`` float32 RGB in ``[0, 1]``, upright.
 
@@ -589,8 +604,10 @@ def _encode_tiff(rgb: np.ndarray, exif: bytes | None, icc: bytes | None) -> byte
     if sub_ifd:
         extratags.append((_EXIF_PLACEHOLDER, "I", 1, 0, True))
     buffer = _io.BytesIO()
-    tifffile.imwrite(buffer, rgb, photometric="rgb", compression="zlib", extratags=extratags, metadata=None,
-                     byteorder="<")  # fmt: skip
+    # Deflate at level 1 after horizontal differencing (TIFF predictor 2, read by libtiff and so by every photo
+    # tool): for a 12 MP photo 0.3 s and 11 MB, against 0.7 s and 19 MB for deflate's default level alone.
+    tifffile.imwrite(buffer, rgb, photometric="rgb", compression="zlib", compressionargs={"level": 1}, predictor=True,
+                     extratags=extratags, metadata=None, byteorder="<")  # fmt: skip
     payload = bytearray(buffer.getvalue())
     if not sub_ifd:
         return bytes(payload)

@@ -107,7 +107,7 @@ def fuse_scene(
     if bits is None:
         bits = 16 if raw and target.suffix.lower() in {".png", ".tif", ".tiff"} else 8
     # frames of a bracket share a profile; RAW frames are rendered to sRGB and carry none
-    icc = io.read_image(bracket.paths[0]).icc if bracket.paths and not raw else None
+    icc = io.read_icc(bracket.paths[0]) if bracket.paths and not raw else None
     return io.write_image(target, io.to_numpy(fused), bits=bits, icc=icc), alignment
 
 

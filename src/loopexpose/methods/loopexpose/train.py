@@ -206,7 +206,7 @@ class Validation:
         for frames, ref in zip(self.brackets, self.references):
             frames = frames.to(device)
             corrected = torch.cat([model(f[None])["output"] for f in frames])
-            label = pseudo_label(frames[None], preset, torch.tensor([ref]))[0]
+            label = fusion.fuse(frames, preset=preset).clamp(0, 1)
             n = len(corrected)
             to_ref += [float(psnr(corrected[i], frames[ref])) for i in range(n) if i != ref]
             for i in range(n):
@@ -336,9 +336,7 @@ def run(config: dict, device: str = "cpu", resume: bool = False, out_dir: Path |
                     result = net(flat.contiguous(memory_format=torch.channels_last) if channels_last else flat)
                 corrected = result["output"].float().reshape(frames.shape)  # upper level: every frame on its own
                 # lower level, on this rank's device, one batched float32 fusion for the rank's brackets
-                label = pseudo_label(
-                    frames, fcfg["preset"], batch["reference"], corrected.detach() if feedback else None, fcfg["feedback"]
-                )
+                label = pseudo_label(frames, fcfg["preset"], corrected.detach() if feedback else None, fcfg["feedback"])
                 target = label[:, None].expand_as(corrected)
                 terms = {
                     "l1": l1_loss(corrected, target),
