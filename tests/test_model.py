@@ -228,15 +228,16 @@ def test_exposure_floor_brings_a_dark_frame_to_its_normal_exposures_level():
     import kornia
     from skimage import data as skdata
 
-    from loopexpose.baselines import mean_luma
+    from loopexpose.baselines import MID_GREY, mean_luma
 
     model = load("default")
     normal = torch.from_numpy(skdata.coffee()).permute(2, 0, 1)[None].float() / 255
-    dark = kornia.color.linear_rgb_to_rgb(kornia.color.rgb_to_linear_rgb(normal) / 4)  # the same scene, -2 EV
+    dark = kornia.color.linear_rgb_to_rgb(kornia.color.rgb_to_linear_rgb(normal) / 8)  # the same scene, -3 EV
     with torch.no_grad():
         level = mean_luma(model(normal)["output"]).item()
         floored = model(dark)["output"]
         assert model.predict(dark).gain.item() > 1.2 > 1.1 > model.predict(normal).gain.item()
         model.train()  # the network alone: no floor
         unfloored = model(dark)["output"]
-    assert abs(mean_luma(floored).item() - level) < 0.02 < abs(mean_luma(unfloored).item() - level)
+    target = (level * MID_GREY) ** 0.5  # the network's level shrunk halfway to mid-grey
+    assert abs(mean_luma(floored).item() - target) < 0.01 < 0.02 < abs(mean_luma(unfloored).item() - target)
