@@ -1,6 +1,7 @@
 """Ablation of the CurveGrid exposure floor: the bundled ``default`` weights with no floor, with a floor at mid-grey,
-with a floor at the level the network gives the same thumbnail exposed to mid-grey (the network level), and with
-the floor it ships (the geometric mean of the two).
+with a floor at the level the network gives the same thumbnail exposed to mid-grey (the network level), with
+the floor it ships (the geometric mean of the two), and ``pre-lift`` (tried: a dark frame re-exposed to a mid-grey
+key before the network corrects it).
 
 Run from the repository root with ``../shared/data`` (or ``$LOOPEXPOSE_DATA``)::
 
@@ -53,6 +54,27 @@ def network_level_floor(model, thumb, params):
     return network.floor_gain(luma, model.apply(thumb, params), level)
 
 
+def pre_lift(model, frames: torch.Tensor) -> torch.Tensor:
+    """Tried instead of the floor: a frame darker than mid-grey is first re-exposed to a mid-grey key (a linear
+    gain, clipped as a longer exposure clips) and then corrected by the network alone, then lifted to the shipped
+    floor's target if still short of it; other frames as shipped."""
+    model.eval()
+    out = model(frames)["output"]
+    for i, frame in enumerate(frames):
+        if mean_luma(frame[None]).item() >= MID_GREY:
+            continue
+        grey = (model.thumbnail(frame[None]) * frame.new_tensor(network.LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
+        lift = network.MID_GREY_LINEAR / network.exposure_key(grey)
+        lifted = kornia.color.linear_rgb_to_rgb((kornia.color.rgb_to_linear_rgb(frame[None]) * lift).clamp(0, 1))
+        model.train()
+        corrected = model(lifted)["output"]
+        model.eval()
+        thumb = model.thumbnail(corrected)
+        target = (mean_luma(thumb).flatten() * MID_GREY).sqrt()
+        out[i] = network.finish(corrected, network.floor_gain(torch.zeros(1), thumb, target))[0]
+    return out
+
+
 def run(model, scenes, variant: str):
     shipped = network.CurveGrid._floor
     if variant == "mid-grey floor":
@@ -66,7 +88,12 @@ def run(model, scenes, variant: str):
         for frames, start, reference in scenes:
             ref = reference - start
             with torch.no_grad():
-                out = gain_to_mid_grey(frames) if variant == "gain" else model(frames)["output"]
+                if variant == "gain":
+                    out = gain_to_mid_grey(frames)
+                elif variant == "pre-lift":
+                    out = pre_lift(model, frames)
+                else:
+                    out = model(frames)["output"]
             scene = []
             for i in range(len(frames)):
                 if i != ref and -2 <= i - ref <= 2:
@@ -101,7 +128,7 @@ def main() -> None:
         print(f"\n{name}: PSNR / SSIM vs the reference frame")
         print(f"{'':16} {'-2':>14} {'-1':>14} {'+1':>14} {'+2':>14} {'mean':>14} {'consist.':>8} {'worst scene':>11}")
         baseline = None
-        for variant in ("gain", "no floor", "mid-grey floor", "network level", "shipped floor"):
+        for variant in ("gain", "no floor", "mid-grey floor", "network level", "shipped floor", "pre-lift"):
             by_offset, consistency, per_scene = run(model, scenes, variant)
             if variant == "no floor":
                 baseline = per_scene
