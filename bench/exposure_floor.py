@@ -1,7 +1,7 @@
 """Ablation of the CurveGrid exposure floor: the bundled ``default`` weights with no floor, with a floor at mid-grey,
 with a floor at the level the network gives the same thumbnail exposed to mid-grey (the network level), with
-the floor it ships (the geometric mean of the two), and ``pre-lift`` (tried: a dark frame re-exposed to a mid-grey
-key before the network corrects it).
+the floor it ships (the geometric mean of the two) and with weights 0.25 and 0.75 between them, and
+``pre-lift`` (tried: a dark frame re-exposed to a mid-grey key before the network corrects it).
 
 Run from the repository root with ``../shared/data`` (or ``$LOOPEXPOSE_DATA``)::
 
@@ -13,7 +13,7 @@ network's fit, but they hold the night scenes that show what a fixed mid-grey ta
 ``bracket-5`` window at long side 512 (:func:`loopexpose.evaluate.load_window`); then every scene of the training
 split (109). Prints PSNR / SSIM against the reference frame by offset (means over frames), their mean over the
 non-reference frames of offsets -2..+2, the cross-exposure consistency, and the worst scene's change of PSNR
-against no floor. The ``gain`` baseline is printed beside them. About 10 minutes on a 2-core CPU.
+against no floor. The ``gain`` baseline is printed beside them. About 15 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import itertools
 import sys
 from pathlib import Path
 
-import kornia
 import numpy as np
 import torch
 
@@ -37,50 +36,32 @@ from loopexpose.methods.loopexpose import network  # noqa: E402
 from loopexpose.paths import data_root  # noqa: E402
 
 
-def mid_grey_floor(model, thumb, params):
-    """The floor with a fixed target: every frame darker than mid-grey lifted to mid-grey mean luma."""
-    luma = mean_luma(thumb).flatten()
-    return network.floor_gain(luma, model.apply(thumb, params), torch.full_like(luma, MID_GREY))
-
-
-def network_level_floor(model, thumb, params):
-    """The floor at the network's own level for the thumbnail exposed to mid-grey (the shipped floor before it
-    was shrunk halfway to mid-grey)."""
-    luma = mean_luma(thumb).flatten()
-    grey = (thumb * thumb.new_tensor(network.LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
-    lift = (network.MID_GREY_LINEAR / network.exposure_key(grey)).view(-1, 1, 1, 1)
-    lifted = kornia.color.linear_rgb_to_rgb((kornia.color.rgb_to_linear_rgb(thumb) * lift).clamp(0, 1))
-    level = mean_luma(model.apply(lifted, model._predict_thumbnail(lifted))).flatten()
-    return network.floor_gain(luma, model.apply(thumb, params), level)
-
-
 def pre_lift(model, frames: torch.Tensor) -> torch.Tensor:
-    """Tried instead of the floor: a frame darker than mid-grey is first re-exposed to a mid-grey key (a linear
-    gain, clipped as a longer exposure clips) and then corrected by the network alone, then lifted to the shipped
-    floor's target if still short of it; other frames as shipped."""
+    """Tried instead of the floor: a frame darker than mid-grey is first re-exposed to a mid-grey key
+    (:func:`~loopexpose.methods.loopexpose.network.expose_to_mid_grey` at full size) and then corrected by the
+    network alone, then lifted to the shipped floor's target if still short of it; other frames as shipped."""
     model.eval()
     out = model(frames)["output"]
     for i, frame in enumerate(frames):
         if mean_luma(frame[None]).item() >= MID_GREY:
             continue
-        grey = (model.thumbnail(frame[None]) * frame.new_tensor(network.LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
-        lift = network.MID_GREY_LINEAR / network.exposure_key(grey)
-        lifted = kornia.color.linear_rgb_to_rgb((kornia.color.rgb_to_linear_rgb(frame[None]) * lift).clamp(0, 1))
         model.train()
-        corrected = model(lifted)["output"]
+        corrected = model(network.expose_to_mid_grey(frame[None]))["output"]
         model.eval()
         thumb = model.thumbnail(corrected)
-        target = (mean_luma(thumb).flatten() * MID_GREY).sqrt()
+        target = mean_luma(thumb).flatten() ** network.FLOOR_WEIGHT * MID_GREY ** (1 - network.FLOOR_WEIGHT)
         out[i] = network.finish(corrected, network.floor_gain(torch.zeros(1), thumb, target))[0]
     return out
 
 
+#: The floor's variants: the weight of the network's own level against mid-grey (``network.FLOOR_WEIGHT``).
+WEIGHTS = {"mid-grey floor": 0.0, "floor weight 0.25": 0.25, "shipped floor": network.FLOOR_WEIGHT,
+           "floor weight 0.75": 0.75, "network level": 1.0}  # fmt: skip
+
+
 def run(model, scenes, variant: str):
-    shipped = network.CurveGrid._floor
-    if variant == "mid-grey floor":
-        network.CurveGrid._floor = mid_grey_floor
-    elif variant == "network level":
-        network.CurveGrid._floor = network_level_floor
+    shipped = network.FLOOR_WEIGHT
+    network.FLOOR_WEIGHT = WEIGHTS.get(variant, shipped)
     model.train(variant == "no floor")  # train mode: the network alone, no floor
     by_offset: dict[int, list[tuple[float, float]]] = {}
     consistency, per_scene = [], []
@@ -104,7 +85,7 @@ def run(model, scenes, variant: str):
             pairs = itertools.combinations(range(len(out)), 2)
             consistency.append(np.mean([psnr(out[i], out[j]).item() for i, j in pairs]))
     finally:
-        network.CurveGrid._floor = shipped
+        network.FLOOR_WEIGHT = shipped
         model.eval()
     return by_offset, float(np.mean(consistency)), np.array(per_scene)
 
@@ -128,7 +109,7 @@ def main() -> None:
         print(f"\n{name}: PSNR / SSIM vs the reference frame")
         print(f"{'':16} {'-2':>14} {'-1':>14} {'+1':>14} {'+2':>14} {'mean':>14} {'consist.':>8} {'worst scene':>11}")
         baseline = None
-        for variant in ("gain", "no floor", "mid-grey floor", "network level", "shipped floor", "pre-lift"):
+        for variant in ("gain", "no floor", *WEIGHTS, "pre-lift"):
             by_offset, consistency, per_scene = run(model, scenes, variant)
             if variant == "no floor":
                 baseline = per_scene

@@ -337,6 +337,20 @@ def _loaded_images(page, selector: str, count: int, timeout: float = 60_000) -> 
     return page.eval_on_selector_all(selector + " img", "images => images.map(i => i.src)")
 
 
+def _fuse_in_browser(page, paths, option: str | None = None) -> str:
+    """Upload ``paths`` in the Fuse tab, wait until every file is listed, tick ``#fuse-<option>`` if given, fuse,
+    and return the URL of the fused image once it has loaded."""
+    page.get_by_role("tab", name="Fuse").click()
+    page.set_input_files("#fuse-input input[type=file]", [str(p) for p in paths])
+    for path in paths:
+        page.wait_for_selector(f'#fuse-input td.filename[aria-label="{Path(path).name}"]')
+    if option is not None:
+        page.check(f"#fuse-{option} input[type=checkbox]")
+    page.click("#fuse-button")
+    (fused_url,) = _loaded_images(page, "#fuse-result", 1)
+    return fused_url
+
+
 def _fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
@@ -373,12 +387,7 @@ def test_browser_fuse_orders_a_shuffled_bracket(server, page, tmp_path):
     frames = render_bracket("rocket", (-2.0, 0.0, 2.0))
     names = ["shot_b.png", "shot_c.png", "shot_a.png"]  # darkest to brightest; no EV tags in the names
     paths = [write_image(tmp_path / name, to_numpy(frame)) for name, frame in zip(names, frames)]
-    page.get_by_role("tab", name="Fuse").click()
-    page.set_input_files("#fuse-input input[type=file]", [str(paths[i]) for i in (2, 0, 1)])
-    for name in names:
-        page.wait_for_selector(f'#fuse-input td.filename[aria-label="{name}"]')
-    page.click("#fuse-button")
-    (fused_url,) = _loaded_images(page, "#fuse-result", 1)
+    fused_url = _fuse_in_browser(page, [paths[i] for i in (2, 0, 1)])
     report = page.inner_text("#fuse-report")
     assert "rule: luminance" in report and "shot_b.png → shot_c.png → shot_a.png" in report
     shown = np.asarray(Image.open(_io.BytesIO(_fetch(fused_url))).convert("RGB"), dtype=np.float32) / 255
@@ -399,13 +408,7 @@ def test_browser_fuse_aligns_a_handheld_bracket(server, page, tmp_path):
     _, shaken = shaken_bracket(truth, (-2.0, 0.0, 2.0), side=480)
     names = ["hand_N2.png", "hand_0.png", "hand_P2.png"]
     paths = [write_image(tmp_path / name, to_numpy(frame)) for name, frame in zip(names, shaken)]
-    page.get_by_role("tab", name="Fuse").click()
-    page.set_input_files("#fuse-input input[type=file]", [str(p) for p in paths])
-    for name in names:
-        page.wait_for_selector(f'#fuse-input td.filename[aria-label="{name}"]')
-    page.check("#fuse-align input[type=checkbox]")
-    page.click("#fuse-button")
-    (fused_url,) = _loaded_images(page, "#fuse-result", 1)
+    fused_url = _fuse_in_browser(page, paths, "align")
     page.wait_for_function("() => document.querySelector('#fuse-report').innerText.includes('Aligned to')")
     report = page.inner_text("#fuse-report")
     assert "Aligned to hand_0.png" in report and "hand_N2.png" in report and "+4.0" in report
@@ -420,13 +423,7 @@ def test_browser_fuse_removes_ghosts(server, page, tmp_path):
     demo, _ = server
     frames, _ = moving_bracket(MOVING)  # a coffee cup walks across an astronaut bracket
     paths = [write_image(tmp_path / f"walker_{n}.png", to_numpy(frame)) for n, frame in enumerate(frames)]
-    page.get_by_role("tab", name="Fuse").click()
-    page.set_input_files("#fuse-input input[type=file]", [str(p) for p in paths])
-    for path in paths:
-        page.wait_for_selector(f'#fuse-input td.filename[aria-label="{path.name}"]')
-    page.check("#fuse-deghost input[type=checkbox]")
-    page.click("#fuse-button")
-    (fused_url,) = _loaded_images(page, "#fuse-result", 1)
+    fused_url = _fuse_in_browser(page, paths, "deghost")
     assert "Ghost removal: moving content replaced in 2 of 3 frames" in page.inner_text("#fuse-report")
     shown = np.asarray(Image.open(_io.BytesIO(_fetch(fused_url))).convert("RGB"), dtype=np.float32) / 255
     model = demo.model(demo.model_names[0])

@@ -224,12 +224,7 @@ def read_icc(path: str | os.PathLike) -> bytes | None:
         LoopExposeError: as :func:`image_size`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LoopExposeError("no such file", path)
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise LoopExposeError("empty file", path)
-    return _read_metadata(data, path)[1]
+    return _header(path, path)[1]
 
 
 def read_pixels(path: str | os.PathLike, max_side: int = 0) -> np.ndarray:
@@ -262,14 +257,19 @@ def image_size(path: str | os.PathLike, name: object = None) -> tuple[int, int]:
 
         info = read_info(path)
         return info.width, info.height
+    width, height = _header(path, name)[3]
+    check_pixels(width, height, name)
+    return width, height
+
+
+def _header(path: Path, name: object) -> tuple[bytes | None, bytes | None, int, tuple[int, int], str]:
+    """:func:`_read_metadata` of a file (its header only; nothing is decoded); errors name it ``name``."""
     if not path.is_file():
         raise LoopExposeError("no such file", name)
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise LoopExposeError("empty file", name)
-    width, height = _read_metadata(data, name)[3]
-    check_pixels(width, height, name)
-    return width, height
+    return _read_metadata(data, name)
 
 
 def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | None, bytes | None]:
