@@ -1,7 +1,9 @@
-"""Ablation of the CurveGrid exposure floor: the bundled ``default`` weights with no floor, with a floor at mid-grey,
-with a floor at the level the network gives the same thumbnail exposed to mid-grey (the network level), with
-the floor it ships (the geometric mean of the two) and with weights 0.25 and 0.75 between them, and
-``pre-lift`` (tried: a dark frame re-exposed to a mid-grey key before the network corrects it).
+"""Ablation of the CurveGrid exposure floor and exposure blend: the bundled ``default`` weights with no floor, with
+a floor at mid-grey, at the level the network gives the same thumbnail exposed to mid-grey (the network level),
+at the floor it ships (the geometric mean of the two) and at weights 0.25 and 0.75 between them, each without
+the exposure blend; then the shipped floor with the blend weights 0.25, 0.5 (shipped), 0.75 and 1 (the input
+exposed to the result's level alone, ``network.EXPOSURE_BLEND``); and ``pre-lift`` (tried: a dark frame
+re-exposed to a mid-grey key before the network corrects it).
 
 Run from the repository root with ``../shared/data`` (or ``$LOOPEXPOSE_DATA``)::
 
@@ -54,14 +56,25 @@ def pre_lift(model, frames: torch.Tensor) -> torch.Tensor:
     return out
 
 
-#: The floor's variants: the weight of the network's own level against mid-grey (``network.FLOOR_WEIGHT``).
-WEIGHTS = {"mid-grey floor": 0.0, "floor weight 0.25": 0.25, "shipped floor": network.FLOOR_WEIGHT,
-           "floor weight 0.75": 0.75, "network level": 1.0}  # fmt: skip
+#: The variants: the weight of the network's own level against mid-grey in the floor's target
+#: (``network.FLOOR_WEIGHT``) and the weight of the plain exposure in a dark frame's result
+#: (``network.EXPOSURE_BLEND``).
+WEIGHTS = {
+    "mid-grey floor": (0.0, 0.0),
+    "floor weight 0.25": (0.25, 0.0),
+    "floor 0.5, no blend": (0.5, 0.0),
+    "floor weight 0.75": (0.75, 0.0),
+    "network level": (1.0, 0.0),
+    "blend 0.25": (0.5, 0.25),
+    "shipped": (network.FLOOR_WEIGHT, network.EXPOSURE_BLEND),
+    "blend 0.75": (0.5, 0.75),
+    "blend 1": (0.5, 1.0),
+}
 
 
 def run(model, scenes, variant: str):
-    shipped = network.FLOOR_WEIGHT
-    network.FLOOR_WEIGHT = WEIGHTS.get(variant, shipped)
+    shipped = network.FLOOR_WEIGHT, network.EXPOSURE_BLEND
+    network.FLOOR_WEIGHT, network.EXPOSURE_BLEND = WEIGHTS.get(variant, (shipped[0], 0.0))
     model.train(variant == "no floor")  # train mode: the network alone, no floor
     by_offset: dict[int, list[tuple[float, float]]] = {}
     consistency, per_scene = [], []
@@ -85,7 +98,7 @@ def run(model, scenes, variant: str):
             pairs = itertools.combinations(range(len(out)), 2)
             consistency.append(np.mean([psnr(out[i], out[j]).item() for i, j in pairs]))
     finally:
-        network.FLOOR_WEIGHT = shipped
+        network.FLOOR_WEIGHT, network.EXPOSURE_BLEND = shipped
         model.eval()
     return by_offset, float(np.mean(consistency)), np.array(per_scene)
 
@@ -107,7 +120,7 @@ def main() -> None:
     for name, brackets in groups.items():
         scenes = [load_window(b, 512) for b in brackets]
         print(f"\n{name}: PSNR / SSIM vs the reference frame")
-        print(f"{'':16} {'-2':>14} {'-1':>14} {'+1':>14} {'+2':>14} {'mean':>14} {'consist.':>8} {'worst scene':>11}")
+        print(f"{'':20} {'-2':>14} {'-1':>14} {'+1':>14} {'+2':>14} {'mean':>14} {'consist.':>8} {'worst scene':>11}")
         baseline = None
         for variant in ("gain", "no floor", *WEIGHTS, "pre-lift"):
             by_offset, consistency, per_scene = run(model, scenes, variant)
@@ -120,7 +133,7 @@ def main() -> None:
             every = [v for values in by_offset.values() for v in values]
             cells.append("%.2f / %.3f" % tuple(np.mean(every, 0)))
             worst = "%+.2f dB" % (per_scene - baseline).min() if baseline is not None and variant != "gain" else "-"
-            print(f"{variant:16} " + " ".join(f"{c:>14}" for c in cells) + f" {consistency:8.2f} {worst:>11}")
+            print(f"{variant:20} " + " ".join(f"{c:>14}" for c in cells) + f" {consistency:8.2f} {worst:>11}")
 
 
 if __name__ == "__main__":

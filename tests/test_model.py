@@ -61,11 +61,13 @@ def test_output_independent_of_batch():
     assert torch.allclose(together, alone, atol=1e-5)
 
 
-def test_tiles_equal_whole_image():
-    model = randomised()
-    x = torch.rand(1, 3, 101, 64)
+@pytest.mark.parametrize("kind", ["mixed", "dark"])
+def test_tiles_equal_whole_image(kind):
+    model = randomised() if kind == "mixed" else load("default")
+    x = torch.rand(1, 3, 101, 64) ** (1 if kind == "mixed" else 4)
     with torch.no_grad():
         params = model.predict(x)
+        assert (params.blend.item() > 0) == (kind == "dark")  # the dark frame's result includes the exposure blend
         whole = model.apply(x, params)
         tiles = torch.cat(
             [model.apply(x[:, :, r : r + 16], params, rows=(r, min(101, r + 16)), height=101) for r in range(0, 101, 16)],
@@ -123,7 +125,7 @@ def test_fast_cpu_path_matches_torch(kind):
     with torch.no_grad():
         params = model.predict(torch.from_numpy(thumb).permute(2, 0, 1)[None])
         ref = model.apply(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, params)[0].permute(1, 2, 0).numpy()
-    assert params.gain.item() > 1.05 or kind != "dark"
+    assert (params.gain.item() > 1.05 and params.blend.item() > 0) or kind != "dark"
     assert np.abs(fast - ref).max() < 3 / 255
     assert np.abs(fast - ref).mean() < 1 / 255
 
@@ -241,3 +243,27 @@ def test_exposure_floor_brings_a_dark_frame_to_its_normal_exposures_level():
         unfloored = model(dark)["output"]
     target = (level * MID_GREY) ** 0.5  # the network's level shrunk halfway to mid-grey
     assert abs(mean_luma(floored).item() - target) < 0.01 < 0.02 < abs(mean_luma(unfloored).item() - target)
+
+
+def test_exposure_blend_averages_a_dark_frames_result_with_its_plain_exposure():
+    import kornia
+    from skimage import data as skdata
+
+    from loopexpose.baselines import mean_luma
+    from loopexpose.methods.loopexpose.network import EXPOSURE_BLEND, finish
+
+    model = load("default")
+    normal = torch.from_numpy(skdata.coffee()).permute(2, 0, 1)[None].float() / 255
+    dark = kornia.color.linear_rgb_to_rgb(kornia.color.rgb_to_linear_rgb(normal) / 8)  # the same scene, -3 EV
+    bright = kornia.color.linear_rgb_to_rgb((kornia.color.rgb_to_linear_rgb(normal) * 4).clamp(0, 1))
+    with torch.no_grad():
+        params = model.predict(dark)
+        out = model.apply(dark, params)
+        assert params.blend.item() == EXPOSURE_BLEND and params.exposure.item() > 4  # about 3 stops back
+        params.blend.zero_()
+        network = model.apply(dark, params)  # the curves, grid and floor alone
+        exposed = finish(dark, params.exposure)  # one gain in linear light
+        assert model.predict(bright).blend.item() == 0  # bright frames keep the curves alone
+    assert abs(mean_luma(exposed).item() - mean_luma(network).item()) < 0.01  # exposed to the result's level
+    assert torch.allclose(out, torch.lerp(network, exposed, EXPOSURE_BLEND), atol=1e-5)
+    assert (out - network).abs().mean() > 0.005  # the blend changes the picture
