@@ -270,13 +270,17 @@ class CurveGrid(ExposureModel):
         weight_lut = highlight_weight(ramp)[0, 0, 0].numpy()  # (levels,) by the smallest channel
         first_bright = int(np.argmax(weight_lut > 0))
         floor, blend = float(params.gain[0]), float(params.blend[0])
+        # With a blend, the result's share (1 - blend) and the plain exposure's share (blend, with the final
+        # rounding's 0.5) are each scaled into the tables, so blending is one addition per sample.
+        result_scale = np.float32((1 - blend) * top)
         if floor != 1:  # the exposure floor as a table from the result, quantised finely (to output samples when
-            steps = 4096 if levels == 256 else 65536  # nothing follows it, else to floats for the blend)
+            steps = 4096 if levels == 256 else 65536  # nothing follows it)
             ramp_in = torch.linspace(0, 1, steps).view(1, 1, 1, steps).expand(1, 3, 1, steps)
             finish_lut = finish(ramp_in, params.gain[:1].cpu())[0, 0, 0].numpy()
-            finish_lut = finish_lut if blend else (finish_lut * top + 0.5).astype(pixels.dtype)
+            finish_lut = (finish_lut * result_scale).astype(np.float32) if blend else (finish_lut * top + 0.5).astype(pixels.dtype)
         if blend:  # the input exposed to the result's level, as a table from the input samples
-            exposed_lut = np.ascontiguousarray(finish(ramp, params.exposure[:1].cpu())[0, 0, 0].numpy())
+            exposed = finish(ramp, params.exposure[:1].cpu())[0, 0, 0].numpy()
+            exposed_lut = np.ascontiguousarray(exposed * np.float32(blend * top) + np.float32(0.5), dtype=np.float32)
         texture = _grid_texture(params.grid[0].float().cpu().numpy())
         bins, cells_y, cells_x = params.grid.shape[2:]
         step = np.float32(cells_x + 1)
@@ -321,9 +325,13 @@ class CurveGrid(ExposureModel):
                 if not blend:  # the table gave output samples
                     out[start : start + rows] = result
                     return
+            elif blend:
+                result *= result_scale
             if blend:
-                result += np.float32(blend) * (exposed_lut[tile] - result)
-            out[start : start + rows] = (result * np.float32(top) + np.float32(0.5)).astype(out.dtype)
+                result += cv2.LUT(tile, exposed_lut) if levels == 256 else exposed_lut[tile]
+                out[start : start + rows] = result.astype(out.dtype)
+            else:
+                out[start : start + rows] = (result * np.float32(top) + np.float32(0.5)).astype(out.dtype)
 
         from concurrent.futures import ThreadPoolExecutor
 
