@@ -2,8 +2,11 @@
 a floor at mid-grey, at the level the network gives the same thumbnail exposed to mid-grey (the network level),
 at the floor it ships (the geometric mean of the two) and at weights 0.25 and 0.75 between them, each without
 the exposure blend; then the shipped floor with the blend weights 0.25, 0.5 (shipped), 0.75 and 1 (the input
-exposed to the result's level alone, ``network.EXPOSURE_BLEND``); and ``pre-lift`` (tried: a dark frame
-re-exposed to a mid-grey key before the network corrects it).
+exposed to the result's level alone, ``exposure.EXPOSURE_BLEND``); ``pre-lift`` (tried: a dark frame
+re-exposed to a mid-grey key before the network corrects it); and, as a yardstick rather than a method,
+``oracle exposure``: every frame exposed by one gain in linear light to its reference frame's mean luma (the
+reference is not available to a corrector), which shows what exact exposure alone scores and how far a
+bracket's frames can agree once each is exposed exactly (its consistency).
 
 Run from the repository root with ``../shared/data`` (or ``$LOOPEXPOSE_DATA``)::
 
@@ -34,13 +37,13 @@ from loopexpose.baselines import MID_GREY, gain_to_mid_grey, mean_luma  # noqa: 
 from loopexpose.data import scan_brackets, split_scenes  # noqa: E402
 from loopexpose.evaluate import load_window  # noqa: E402
 from loopexpose.metrics import psnr, ssim  # noqa: E402
-from loopexpose.methods.loopexpose import network  # noqa: E402
+from loopexpose import exposure  # noqa: E402
 from loopexpose.paths import data_root  # noqa: E402
 
 
 def pre_lift(model, frames: torch.Tensor) -> torch.Tensor:
     """Tried instead of the floor: a frame darker than mid-grey is first re-exposed to a mid-grey key
-    (:func:`~loopexpose.methods.loopexpose.network.expose_to_mid_grey` at full size) and then corrected by the
+    (:func:`~loopexpose.exposure.expose_to_mid_grey` at full size) and then corrected by the
     network alone, then lifted to the shipped floor's target if still short of it; other frames as shipped."""
     model.eval()
     out = model(frames)["output"]
@@ -48,17 +51,37 @@ def pre_lift(model, frames: torch.Tensor) -> torch.Tensor:
         if mean_luma(frame[None]).item() >= MID_GREY:
             continue
         model.train()
-        corrected = model(network.expose_to_mid_grey(frame[None]))["output"]
+        corrected = model(exposure.expose_to_mid_grey(frame[None]))["output"]
         model.eval()
         thumb = model.thumbnail(corrected)
-        target = mean_luma(thumb).flatten() ** network.FLOOR_WEIGHT * MID_GREY ** (1 - network.FLOOR_WEIGHT)
-        out[i] = network.finish(corrected, network.floor_gain(torch.zeros(1), thumb, target))[0]
+        target = mean_luma(thumb).flatten() ** exposure.FLOOR_WEIGHT * MID_GREY ** (1 - exposure.FLOOR_WEIGHT)
+        out[i] = exposure.finish(corrected, exposure.floor_gain(torch.zeros(1), thumb, target))[0]
+    return out
+
+
+def oracle_exposure(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each frame of ``(N, 3, H, W)`` exposed to the mean luma of ``reference`` ``(3, H, W)`` by one gain in linear
+    light: brightening with the floor's roll-off (:func:`~loopexpose.exposure.finish`),
+    darkening as a plain gain (clipped white turns grey)."""
+    import kornia
+
+    target = mean_luma(reference[None]).flatten()
+    out = torch.empty_like(frames)
+    for i, frame in enumerate(frames):
+        linear, gain = kornia.color.rgb_to_linear_rgb(frame[None]), torch.ones(1)
+        for _ in range(12):  # the mean luma goes about as the gain to the power 1/2.2
+            if gain.item() >= 1:
+                exposed = exposure.finish(frame[None], gain)
+            else:
+                exposed = kornia.color.linear_rgb_to_rgb((linear * gain).clamp(0, 1))
+            gain = gain * (target / mean_luma(exposed).flatten().clamp_min(1e-4)) ** 2.2
+        out[i] = exposed[0]
     return out
 
 
 #: The variants: the weight of the network's own level against mid-grey in the floor's target
-#: (``network.FLOOR_WEIGHT``) and the weight of the plain exposure in a dark frame's result
-#: (``network.EXPOSURE_BLEND``).
+#: (``exposure.FLOOR_WEIGHT``) and the weight of the plain exposure in a dark frame's result
+#: (``exposure.EXPOSURE_BLEND``).
 WEIGHTS = {
     "mid-grey floor": (0.0, 0.0),
     "floor weight 0.25": (0.25, 0.0),
@@ -66,15 +89,15 @@ WEIGHTS = {
     "floor weight 0.75": (0.75, 0.0),
     "network level": (1.0, 0.0),
     "blend 0.25": (0.5, 0.25),
-    "shipped": (network.FLOOR_WEIGHT, network.EXPOSURE_BLEND),
+    "shipped": (exposure.FLOOR_WEIGHT, exposure.EXPOSURE_BLEND),
     "blend 0.75": (0.5, 0.75),
     "blend 1": (0.5, 1.0),
 }
 
 
 def run(model, scenes, variant: str):
-    shipped = network.FLOOR_WEIGHT, network.EXPOSURE_BLEND
-    network.FLOOR_WEIGHT, network.EXPOSURE_BLEND = WEIGHTS.get(variant, (shipped[0], 0.0))
+    shipped = exposure.FLOOR_WEIGHT, exposure.EXPOSURE_BLEND
+    exposure.FLOOR_WEIGHT, exposure.EXPOSURE_BLEND = WEIGHTS.get(variant, (shipped[0], 0.0))
     model.train(variant == "no floor")  # train mode: the network alone, no floor
     by_offset: dict[int, list[tuple[float, float]]] = {}
     consistency, per_scene = [], []
@@ -86,6 +109,8 @@ def run(model, scenes, variant: str):
                     out = gain_to_mid_grey(frames)
                 elif variant == "pre-lift":
                     out = pre_lift(model, frames)
+                elif variant == "oracle exposure":
+                    out = oracle_exposure(frames, frames[ref])
                 else:
                     out = model(frames)["output"]
             scene = []
@@ -98,7 +123,7 @@ def run(model, scenes, variant: str):
             pairs = itertools.combinations(range(len(out)), 2)
             consistency.append(np.mean([psnr(out[i], out[j]).item() for i, j in pairs]))
     finally:
-        network.FLOOR_WEIGHT, network.EXPOSURE_BLEND = shipped
+        exposure.FLOOR_WEIGHT, exposure.EXPOSURE_BLEND = shipped
         model.eval()
     return by_offset, float(np.mean(consistency)), np.array(per_scene)
 
@@ -122,7 +147,7 @@ def main() -> None:
         print(f"\n{name}: PSNR / SSIM vs the reference frame")
         print(f"{'':20} {'-2':>14} {'-1':>14} {'+1':>14} {'+2':>14} {'mean':>14} {'consist.':>8} {'worst scene':>11}")
         baseline = None
-        for variant in ("gain", "no floor", *WEIGHTS, "pre-lift"):
+        for variant in ("gain", "no floor", *WEIGHTS, "pre-lift", "oracle exposure"):
             by_offset, consistency, per_scene = run(model, scenes, variant)
             if variant == "no floor":
                 baseline = per_scene
@@ -132,7 +157,8 @@ def main() -> None:
                 cells.append("%.2f / %.3f" % tuple(np.mean(values, 0)) if values else "-")
             every = [v for values in by_offset.values() for v in values]
             cells.append("%.2f / %.3f" % tuple(np.mean(every, 0)))
-            worst = "%+.2f dB" % (per_scene - baseline).min() if baseline is not None and variant != "gain" else "-"
+            no_worst = baseline is None or variant in ("gain", "oracle exposure")
+            worst = "-" if no_worst else "%+.2f dB" % (per_scene - baseline).min()
             print(f"{variant:20} " + " ".join(f"{c:>14}" for c in cells) + f" {consistency:8.2f} {worst:>11}")
 
 

@@ -250,7 +250,7 @@ def test_exposure_blend_averages_a_dark_frames_result_with_its_plain_exposure():
     from skimage import data as skdata
 
     from loopexpose.baselines import mean_luma
-    from loopexpose.methods.loopexpose.network import EXPOSURE_BLEND, finish
+    from loopexpose.exposure import EXPOSURE_BLEND, finish
 
     model = load("default")
     normal = torch.from_numpy(skdata.coffee()).permute(2, 0, 1)[None].float() / 255

@@ -12,14 +12,12 @@ operations per pixel:
 3. **local tone**: a bilateral grid of luma offsets, ``grid x grid`` cells by ``bins`` luminance bins, sliced
    at each pixel by its position and the luma of ``y0`` (edge-aware, as in HDRNet's guided upsampling) and
    added to all three channels, ``out = clamp(y0 + slice(grid, luma(y0)), 0, 1)``;
-4. **exposure floor** (in eval mode, on the trained network's result): a frame darker than mid-grey is
-   brought up, if it falls short of it, to the geometric mean of mid-grey and the level the network gives the
-   same scene exposed to mid-grey: one gain in linear light with Reinhard's roll-off (white stays white),
-   chosen on the thumbnail (:func:`floor_gain`, :func:`finish`);
-5. **exposure blend** (in eval mode, on the same dark frames): the result is averaged with the input exposed
-   to the result's level by one gain in linear light (:data:`EXPOSURE_BLEND`): the camera's own tone beside
-   the fusion-trained curves;
-6. **luminance feature**: one scalar per image from the global features, which the Luminance Ranking Loss
+4. **exposure rules** (in eval mode, on the trained network's result; :mod:`loopexpose.exposure`): a frame
+   darker than mid-grey is brought up, if it falls short of it, to the geometric mean of mid-grey and the level
+   the network gives the same scene exposed to mid-grey (one gain in linear light with Reinhard's roll-off),
+   then averaged with the input exposed to that level by one gain: the camera's own tone beside the
+   fusion-trained curves;
+5. **luminance feature**: one scalar per image from the global features, which the Luminance Ranking Loss
    orders by exposure.
 
 Colour is global (the curves) and local work is tone only: local per-channel offsets fitted the pseudo-labels'
@@ -40,9 +38,10 @@ from torch import nn
 import cv2
 import numpy as np
 
-from loopexpose.baselines import MID_GREY, mean_luma
+from loopexpose.exposure import (
+    MID_GREY_LINEAR, apply_exposure_rules, exposure_key, exposure_rules, finish, highlight_weight, srgb_to_linear,
+)  # fmt: skip
 from loopexpose.io import LUMA_WEIGHTS
-from loopexpose.metrics import BRIGHT_LEVEL
 from loopexpose.models.base import ExposureModel
 from loopexpose.models.registry import register
 
@@ -67,10 +66,8 @@ class CurveGridParams:
         curves: ``(B, 3, knots)`` values of the per-channel tone curves at ``linspace(0, 1, knots)``.
         grid: ``(B, 1, bins, grid, grid)`` bilateral grid of luma offsets.
         luminance: ``(B,)`` scalar luminance feature of each input.
-        gain: ``(B,)`` linear-light gain of the exposure floor (1: none), see :func:`finish`.
-        exposure: ``(B,)`` linear-light gain that exposes the *input* to the result's level (exposure blend).
-        blend: ``(B,)`` weight of the input so exposed in the output (0: none; :data:`EXPOSURE_BLEND` for a frame
-            darker than mid-grey in eval mode).
+        gain, exposure, blend: ``(B,)`` the exposure rules' numbers (:func:`loopexpose.exposure.exposure_rules`;
+            in train mode 1, 1 and 0: no rules).
     """
 
     curves: torch.Tensor
@@ -125,45 +122,14 @@ class CurveGrid(ExposureModel):
         """Predict curves, grid and luminance feature from ``(B, 3, H, W)`` images in [0, 1]."""
         thumb = self.thumbnail(x)
         params = self._predict_thumbnail(thumb)
-        if not self.training:  # floor and blend are fixed rules on the trained network's result: not learned
+        if not self.training:  # the exposure rules: fixed, on the trained network's result, not learned
             with torch.no_grad():
-                params.gain = self._floor(thumb, params)
-                params.exposure, params.blend = self._exposure_blend(thumb, params)
+                network = lambda t: self.apply(t, self._predict_thumbnail(t))  # noqa: E731
+                params.gain, params.exposure, params.blend = exposure_rules(thumb, self.apply(thumb, params), network)
         return params
 
-    def _exposure_blend(self, thumb: torch.Tensor, params: CurveGridParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exposure blend of a frame darker than mid-grey (:data:`EXPOSURE_BLEND`): ``(exposure, blend)``, each
-        ``(B,)``: the gain that brings the input thumbnail to the mean luma of its result (after the floor), and the
-        blend weight (0 for other frames)."""
-        mean = mean_luma(thumb).flatten()
-        darker = mean < MID_GREY
-        if not bool(darker.any()):
-            return torch.ones_like(mean), torch.zeros_like(mean)
-        level = mean_luma(self.apply(thumb, params)).flatten()  # the result after the floor, before any blend
-        exposure = floor_gain(mean, thumb, level)
-        return exposure, torch.where(darker, EXPOSURE_BLEND, 0.0).to(mean)
-
-    def _floor(self, thumb: torch.Tensor, params: CurveGridParams) -> torch.Tensor:
-        """The exposure floor's gain per image (:func:`floor_gain`): a frame darker than mid-grey is brought up,
-        if it falls short of it, to ``level ** FLOOR_WEIGHT * mid-grey ** (1 - FLOOR_WEIGHT)``, where ``level`` is
-        what this network gives the same thumbnail exposed to mid-grey (:func:`expose_to_mid_grey`).
-
-        Why between the two: the network's own level keeps a night scene darker than a day scene, but from one
-        frame it guesses the bracket's metered exposure low (its corrected -2 EV frames are 0.3 EV below the
-        reference frame), while a fixed mid-grey target is right on average and wrong for night scenes. Halfway
-        (in log luma) is within 0.05 dB of the best mean PSNR over weights 0 to 1 on the training split's 109
-        scenes, with the best SSIM there and 2 dB less lost on the worst night scene than mid-grey
-        (``bench/exposure_floor.py``).
-        """
-        mean = mean_luma(thumb).flatten()
-        if not bool((mean < MID_GREY).any()):
-            return torch.ones_like(mean)
-        lifted = expose_to_mid_grey(thumb)
-        level = mean_luma(self.apply(lifted, self._predict_thumbnail(lifted))).flatten()
-        return floor_gain(mean, self.apply(thumb, params), level**FLOOR_WEIGHT * MID_GREY ** (1 - FLOOR_WEIGHT))
-
     def _predict_thumbnail(self, thumb: torch.Tensor) -> CurveGridParams:
-        """The network proper: ``(B, 3, thumb, thumb)`` thumbnails -> parameters (no exposure floor)."""
+        """The network proper: ``(B, 3, thumb, thumb)`` thumbnails -> parameters (no exposure rules)."""
         features = self.encoder(thumb * 2 - 1)
         # The luma histogram states the exposure directly; the convolutions add what it cannot (content).
         luma = (thumb * thumb.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1)
@@ -212,11 +178,7 @@ class CurveGrid(ExposureModel):
         # coloured pixel that is being darkened would raise its saturation.
         out = y0 + offsets * torch.lerp(torch.ones_like(y0), y0 / guide.clamp_min(1e-3), weight)
         out = out.clamp_(0, 1) if not torch.is_grad_enabled() else out.clamp(0, 1)
-        if bool((params.gain != 1).any()):
-            out = finish(out, params.gain)
-        if bool((params.blend > 0).any()):
-            out = torch.lerp(out, finish(x, params.exposure), params.blend.view(-1, 1, 1, 1).to(out))
-        return out
+        return apply_exposure_rules(x, out, params.gain, params.exposure, params.blend)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` in [0, 1] -> ``{"output": (B, 3, H, W) in [0, 1], "luminance": (B,)}``."""
@@ -273,11 +235,14 @@ class CurveGrid(ExposureModel):
         # With a blend, the result's share (1 - blend) and the plain exposure's share (blend, with the final
         # rounding's 0.5) are each scaled into the tables, so blending is one addition per sample.
         result_scale = np.float32((1 - blend) * top)
-        if floor != 1:  # the exposure floor as a table from the result, quantised finely (to output samples when
-            steps = 4096 if levels == 256 else 65536  # nothing follows it)
+        if floor != 1:  # the floor as a table from the result, quantised finely (to output samples when nothing
+            steps = 4096 if levels == 256 else 65536  # follows it)
             ramp_in = torch.linspace(0, 1, steps).view(1, 1, 1, steps).expand(1, 3, 1, steps)
             finish_lut = finish(ramp_in, params.gain[:1].cpu())[0, 0, 0].numpy()
-            finish_lut = (finish_lut * result_scale).astype(np.float32) if blend else (finish_lut * top + 0.5).astype(pixels.dtype)
+            if blend:
+                finish_lut = (finish_lut * result_scale).astype(np.float32)
+            else:
+                finish_lut = (finish_lut * top + 0.5).astype(pixels.dtype)
         if blend:  # the input exposed to the result's level, as a table from the input samples
             exposed = finish(ramp, params.exposure[:1].cpu())[0, 0, 0].numpy()
             exposed_lut = np.ascontiguousarray(exposed * np.float32(blend * top) + np.float32(0.5), dtype=np.float32)
@@ -347,129 +312,7 @@ def _grid_texture(grid: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.transpose(1, 0, 2).reshape(grid.shape[2], -1)).astype(np.float32)
 
 
-#: Smallest-channel levels between which a pixel's curves give way to their mean (see :func:`highlight_weight`);
-#: fully at the level the highlight chroma metric calls bright.
-HIGHLIGHT_RAMP = (0.7, BRIGHT_LEVEL)
-
-
-def highlight_weight(x: torch.Tensor) -> torch.Tensor:
-    """How far each pixel is a highlight without reliable hue: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 1, H, W)``.
-
-    0 while the smallest channel is below ``HIGHLIGHT_RAMP[0]``, rising linearly to 1 at ``HIGHLIGHT_RAMP[1]``
-    (0.85, the level of :func:`loopexpose.metrics.highlight_chroma_added`): a pixel bright in every channel is
-    clipped or nearly, and a per-channel curve would only invent a colour for it.
-
-    >>> highlight_weight(torch.tensor([0.9, 0.95, 1.0]).view(1, 3, 1, 1)).item()
-    1.0
-    >>> highlight_weight(torch.tensor([0.5, 1.0, 1.0]).view(1, 3, 1, 1)).item()
-    0.0
-    """
-    low, high = HIGHLIGHT_RAMP
-    return ((x.amin(dim=1, keepdim=True) - low) / (high - low)).clamp(0, 1)
-
-
-# ------------------------------------------------------------------------------------- the exposure floor
-def finish(images: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """The exposure floor: ``(B, 3, H, W)`` sRGB in [0, 1] scaled by ``gain`` ``(B,)`` in linear light, with
-    Reinhard's roll-off whose white point is the gain (so white stays white and nothing clips); gain 1 is the
-    identity.
-
-    >>> round(finish(torch.full((1, 3, 1, 1), 0.2), torch.tensor([2.0]))[0, 0, 0, 0].item(), 3)
-    0.279
-    >>> [round(v, 5) for v in finish(torch.ones(1, 3, 1, 1), torch.tensor([4.0])).flatten().tolist()]
-    [1.0, 1.0, 1.0]
-    """
-    import kornia
-
-    gain = gain.view(-1, 1, 1, 1).to(images)
-    scaled = kornia.color.rgb_to_linear_rgb(images.clamp(0, 1)) * gain
-    linear = scaled * (1 + scaled / gain**2) / (1 + scaled)
-    return kornia.color.linear_rgb_to_rgb(linear.clamp(0, 1))
-
-
-
-
-#: Where the exposure floor aims between the network's own level (1) and mid-grey (0), in log luma
-#: (:meth:`CurveGrid._floor`).
-FLOOR_WEIGHT = 0.5
-
-#: Weight of the plain exposure in a dark frame's result (:meth:`CurveGrid._exposure_blend`): the result is
-#: ``lerp(network result, input exposed to the same mean luma, EXPOSURE_BLEND)``. Why: the fusion-trained curves
-#: lift shadows and compress highlights as an exposure fusion does, while the well-exposed photo of the scene is
-#: the camera's own rendering of more light: at the same mean luma, one linear-light gain of the input scores
-#: higher SSIM on dark frames (noise and local contrast kept as the camera's) and the curves higher PSNR on
-#: frames two or more stops under; half of each beat both on the training split's 109 scenes as on the
-#: validation ones, for -1 and -2 EV frames alike (``bench/exposure_floor.py``). Bright frames keep the curves
-#: alone: darkening by a gain turns clipped white grey and cost them PSNR and SSIM.
-EXPOSURE_BLEND = 0.5
-
-
-def expose_to_mid_grey(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` sRGB in [0, 1] re-exposed so that each image's exposure key (:func:`exposure_key`) is
-    linear mid-grey: one gain in linear light, clipped as a longer exposure clips. Same shape and range."""
-    import kornia
-
-    key = exposure_key((images * images.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1))
-    gain = (MID_GREY_LINEAR / key).view(-1, 1, 1, 1)
-    return kornia.color.linear_rgb_to_rgb((kornia.color.rgb_to_linear_rgb(images) * gain).clamp(0, 1))
-
-
-def floor_gain(input_luma: torch.Tensor, output: torch.Tensor, level: torch.Tensor, steps: int = 6) -> torch.Tensor:
-    """The gain of :func:`finish` that brings a frame darker than mid-grey up to ``level``: ``(B,)``, 1 where the
-    input was not darker than mid-grey or its output is already as bright.
-
-    Why: trained on pseudo-labels, the network corrects a dark frame to a darker result than the same scene's
-    brighter frames (measured on the validation brackets: corrected -2 EV frames 0.2 EV below their reference
-    frame, over-exposed ones on it), so the frames of one bracket disagree. ``level`` comes from what the
-    network itself gives the scene at a normal exposure (:meth:`CurveGrid._floor`), so a night scene stays
-    darker than a day scene; a fixed mid-grey target cost night scenes up to 6 dB.
-
-    Args:
-        input_luma: ``(B,)`` mean Rec. 601 luma of each input.
-        output: ``(B, 3, h, w)`` the corrected thumbnails, sRGB in [0, 1].
-        level: ``(B,)`` target mean luma.
-        steps: fixed-point iterations (the mean luma goes about as the gain to the power 1/2.2).
-
-    >>> dark = torch.full((1, 3, 4, 4), 0.3)
-    >>> round(mean_luma(finish(dark, floor_gain(torch.tensor([0.2]), dark, torch.tensor([0.45])))).item(), 3)
-    0.45
-    >>> floor_gain(torch.tensor([0.6]), dark, torch.tensor([0.45])).item()  # the input was bright: no floor
-    1.0
-    """
-    gain = torch.ones_like(input_luma)
-    darker = input_luma < MID_GREY
-    for _ in range(steps):
-        mean = mean_luma(finish(output, gain)).flatten().clamp_min(1e-4)
-        gain = torch.where(darker, (gain * (level / mean) ** 2.2).clamp(1, 64), gain)
-    return gain
-
-
 # ------------------------------------------------------------------------------------- the exposure prior
-#: Linear mid-grey (sRGB 118/255, the evaluation's mid-grey): where the prior curve puts an image's key.
-MID_GREY_LINEAR = 0.18
-
-
-def _srgb_to_linear(values: torch.Tensor) -> torch.Tensor:
-    """Inverse sRGB transfer of ``(B, K)`` values (``kornia.color.rgb_to_linear_rgb``, which wants RGB images)."""
-    import kornia
-
-    return kornia.color.rgb_to_linear_rgb(values[:, None, None].expand(-1, 3, 1, -1))[:, 0, 0]
-
-
-def exposure_key(luma: torch.Tensor) -> torch.Tensor:
-    """``(B, h, w)`` Rec. 601 luma of thumbnails in [0, 1] -> ``(B,)`` exposure key: their mean (the statistic
-    that picks the evaluation's reference frame and that the ``gain`` baseline matches) as linear light. The
-    prior gain moves it to mid-grey.
-
-    (The median of linear luma, exposure-invariant in theory, was tried: the fused labels' brightness follows
-    the mean far better, 19.6 against 17.4 dB PSNR of the untrained prior to the validation labels.)
-
-    >>> round(exposure_key(torch.full((1, 2, 2), 0.5)).item(), 3)  # sRGB 0.5 is linear 0.214
-    0.214
-    """
-    return _srgb_to_linear(luma.flatten(1).mean(1, keepdim=True).clamp(1 / 255, 1))[:, 0]
-
-
 def prior_curve_logits(key: torch.Tensor, knots: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The curve a fresh network applies to each image, as the logits the curve head's output is added to.
 
@@ -495,7 +338,7 @@ def prior_curve_logits(key: torch.Tensor, knots: int) -> tuple[torch.Tensor, tor
 
     level = torch.linspace(0, 1, knots, device=key.device)
     gain = MID_GREY_LINEAR / key.detach().float()
-    scaled = _srgb_to_linear(level[None]) * gain[:, None]
+    scaled = srgb_to_linear(level[None]) * gain[:, None]
     # Reinhard's roll-off with the white point at the scaled white: a brightening gain compresses the highlights
     # (which hold a dark frame's detail) instead of clipping them; a darkening gain (white <= 1) stays linear.
     white = gain.clamp_min(1)[:, None]

@@ -12,7 +12,11 @@ Pipeline for ``(B, 3, H, W)`` input in [0, 1]:
    *residual spatial Mamba blocks* (a four-direction 2-D selective scan, then a spatial-frequency feed-forward);
 4. **output**: per-pixel curve strengths ``alpha`` (``iterations`` maps per channel, in [-1, 1]) at thumbnail
    size, bilinearly upsampled and applied at full resolution as ``x <- x + alpha x (1 - x)`` (a quadratic
-   curve that brightens for alpha > 0, darkens for alpha < 0, and never leaves [0, 1]).
+   curve that brightens for alpha > 0, darkens for alpha < 0, and never leaves [0, 1]);
+5. **rules on the trained result** (eval mode; shared with LoopExpose's CurveGrid, :mod:`loopexpose.exposure`):
+   pixels bright in every channel are changed by one gain on R, G and B alike (no colour invented for clipped
+   highlights), and a frame darker than mid-grey is lifted if its result falls short of its target level and
+   blended with its plain exposure to that level.
 
 Unlike the paper, the network predicts a correction at thumbnail size instead of the output pixels, so its cost
 does not grow with the photo (3 MP on 2 CPU cores stays interactive); fine edges between differently corrected
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loopexpose.exposure import apply_exposure_rules, exposure_rules, neutral_highlights
 from loopexpose.models.base import ExposureModel
 from loopexpose.models.registry import register
 from loopexpose.methods.semantic.regions import paint_regions, region_means, superpixel_regions
@@ -265,4 +270,15 @@ class SemanticNet(ExposureModel):
             masks = F.interpolate(masks, size=thumb.shape[-2:], mode="nearest")
         alpha = self.predict(thumb, masks.to(thumb))
         full = alpha if alpha.shape[-2:] == x.shape[-2:] else F.interpolate(alpha, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return {"output": apply_quadratic_curves(x, full), "alpha": alpha, "masks": masks, "thumb": thumb}
+        out = apply_quadratic_curves(x, full)
+        if not self.training:  # the rules shared with CurveGrid: fixed, on the trained result, not learned
+            with torch.no_grad():
+                out = neutral_highlights(x, out)
+                result = neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha))
+                out = apply_exposure_rules(x, out, *exposure_rules(thumb, result, self._network))
+        return {"output": out, "alpha": alpha, "masks": masks, "thumb": thumb}
+
+    def _network(self, thumb: torch.Tensor) -> torch.Tensor:
+        """The network and its neutral highlights, no exposure rules, on ``(B, 3, h, w)`` thumbnails of at most the
+        working size."""
+        return neutral_highlights(thumb, apply_quadratic_curves(thumb, self.predict(thumb, self.regions(thumb))))
