@@ -406,3 +406,49 @@ def test_training_with_fastsam_and_clip_flags(fake_ultralytics, tmp_path):
     plain = runner.invoke(app, ["train", "--config", "configs/default.toml", "--segmenter-weights",
                                 str(fake_ultralytics)])  # fmt: skip
     assert "are for the semantic model" in str(plain.exception)
+
+
+@pytest.mark.parametrize("kind", ["mixed", "dark", "bright"])
+def test_cpu_path_matches_forward_in_tiles(model, kind):
+    rng = np.random.default_rng(1)
+    photo = rng.random((75, 101, 3)).astype(np.float32)
+    photo = {"mixed": photo, "dark": photo**3 * 0.3, "bright": 0.6 + 0.4 * photo}[kind]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(photo).permute(2, 0, 1)[None])["output"][0].permute(1, 2, 0).numpy()
+    fast = model.correct_array(photo, tile_rows=16)  # several tiles, the last one short
+    assert fast.dtype == np.float32 and np.abs(fast - ref).max() < 1e-4
+    photo8 = (photo * 255 + 0.5).astype(np.uint8)
+    with torch.no_grad():
+        ref8 = model(torch.from_numpy(photo8).permute(2, 0, 1)[None] / 255.0)["output"][0].permute(1, 2, 0).numpy()
+    eight = model.correct_array(photo8, tile_rows=16)
+    assert eight.dtype == np.uint8 and np.abs(eight / 255 - ref8).max() <= 0.5 / 255 + 1e-4  # the output's rounding
+
+
+def test_semantic_model_ends_with_the_shared_rules(tinting):
+    model = tinting
+    from loopexpose.baselines import mean_luma
+    from loopexpose.metrics import highlight_chroma_added
+
+    rng = np.random.default_rng(2)
+    dark = torch.from_numpy(rng.random((1, 3, 40, 60)).astype(np.float32)) ** 3 * 0.2
+    bright = dark.clone()
+    bright[..., :20, :] = torch.tensor([0.88, 0.92, 0.96]).view(1, 3, 1, 1)  # a near-white sky, bright in every channel
+    with torch.no_grad():
+        ruled, ruled_bright = model(dark)["output"], model(bright)["output"]
+        model.train()
+        try:
+            alone, alone_bright = model(dark)["output"], model(bright)["output"]
+        finally:
+            model.eval()
+    assert mean_luma(ruled).item() > mean_luma(alone).item() + 0.05  # the floor lifts a dark frame
+    assert highlight_chroma_added(alone_bright[..., :20, :], bright[..., :20, :]).item() > 0.5  # the network tints
+    assert highlight_chroma_added(ruled_bright[..., :20, :], bright[..., :20, :]).item() < 0.05  # the rules do not
+
+
+@pytest.fixture(scope="module")
+def tinting():
+    """A semantic network whose curves brighten red and darken blue everywhere: it tints near-white pixels."""
+    net = create("semantic", {"work_side": 48, "width": 8})
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([2.0, 0.0, -2.0] * net.config.iterations))  # tanh: +0.96, 0, -0.96
+    return net.eval()

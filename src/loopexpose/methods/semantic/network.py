@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -277,6 +278,40 @@ class SemanticNet(ExposureModel):
                 result = neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha))
                 out = apply_exposure_rules(x, out, *exposure_rules(thumb, result, self._network))
         return {"output": out, "alpha": alpha, "masks": masks, "thumb": thumb}
+
+    @torch.no_grad()
+    def correct_array(self, pixels: np.ndarray, tile_rows: int = 256) -> np.ndarray:
+        """Correct one ``(H, W, 3)`` RGB array (uint8, uint16 or float in [0, 1]); returns the same dtype.
+
+        The CPU path for whole photos: the network and the rules' numbers come from an OpenCV area thumbnail;
+        the curve strengths are upsampled along the columns once (``h x W``, small) and along the rows tile by
+        tile, where the curves and the rules are applied, so memory stays a few tiles above the input and output
+        whatever the size. The same result as :meth:`forward` up to rounding.
+        """
+        scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(pixels.dtype, 1.0)
+        height, width = pixels.shape[:2]
+        device = self.device
+        # The thumbnail exactly as forward() makes it (the superpixels are sensitive to its rounding), from one
+        # float copy of the photo, dropped before the tiles.
+        thumb = self.thumbnail(torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device, torch.float32) / scale)
+        alpha = self.predict(thumb, self.regions(thumb).to(thumb))
+        result = neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha))
+        rules = exposure_rules(thumb, result, self._network)
+        # Bilinear upsampling is separable: columns once here, rows per tile below (F.interpolate's weights).
+        wide = F.interpolate(alpha, size=(alpha.shape[-2], width), mode="bilinear", align_corners=False)
+        rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * (alpha.shape[-2] / height) - 0.5).clamp(min=0)
+        low = rows.floor().long().clamp(max=alpha.shape[-2] - 1)
+        high = (low + 1).clamp(max=alpha.shape[-2] - 1)
+        frac = (rows - low).to(wide).view(1, 1, -1, 1)
+        out = np.empty_like(pixels)
+        for top in range(0, height, tile_rows):
+            part = slice(top, min(height, top + tile_rows))
+            x = torch.from_numpy(pixels[part].astype(np.float32) / np.float32(scale)).permute(2, 0, 1)[None].to(device)
+            strengths = torch.lerp(wide[:, :, low[part]], wide[:, :, high[part]], frac[:, :, part])
+            y = apply_exposure_rules(x, neutral_highlights(x, apply_quadratic_curves(x, strengths)), *rules)
+            y = y[0].permute(1, 2, 0).cpu().numpy()
+            out[part] = (y * scale + 0.5).astype(pixels.dtype) if scale != 1.0 else y
+        return out
 
     def _network(self, thumb: torch.Tensor) -> torch.Tensor:
         """The network and its neutral highlights, no exposure rules, on ``(B, 3, h, w)`` thumbnails of at most the
