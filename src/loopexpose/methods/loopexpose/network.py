@@ -232,8 +232,8 @@ class CurveGrid(ExposureModel):
         weight_lut = highlight_weight(ramp)[0, 0, 0].numpy()  # (levels,) by the smallest channel
         first_bright = int(np.argmax(weight_lut > 0))
         floor, blend = float(params.gain[0]), float(params.blend[0])
-        # With a blend, the result's share (1 - blend) and the plain exposure's share (blend, with the final
-        # rounding's 0.5) are each scaled into the tables, so blending is one addition per sample.
+        # With a blend, the result's share (1 - blend) and the plain exposure's share (blend) are each scaled into
+        # the tables, so blending is one addition per sample.
         result_scale = np.float32((1 - blend) * top)
         if floor != 1:  # the floor as a table from the result, quantised finely (to output samples when nothing
             steps = 4096 if levels == 256 else 65536  # follows it)
@@ -245,7 +245,8 @@ class CurveGrid(ExposureModel):
                 finish_lut = (finish_lut * top + 0.5).astype(pixels.dtype)
         if blend:  # the input exposed to the result's level, as a table from the input samples
             exposed = finish(ramp, params.exposure[:1].cpu())[0, 0, 0].numpy()
-            exposed_lut = np.ascontiguousarray(exposed * np.float32(blend * top) + np.float32(0.5), dtype=np.float32)
+            exposed_lut = np.ascontiguousarray(exposed * np.float32(blend * top), dtype=np.float32)
+            out_depth = cv2.CV_8U if levels == 256 else cv2.CV_16U
         texture = _grid_texture(params.grid[0].float().cpu().numpy())
         bins, cells_y, cells_x = params.grid.shape[2:]
         step = np.float32(cells_x + 1)
@@ -292,9 +293,9 @@ class CurveGrid(ExposureModel):
                     return
             elif blend:
                 result *= result_scale
-            if blend:
-                result += cv2.LUT(tile, exposed_lut) if levels == 256 else exposed_lut[tile]
-                out[start : start + rows] = result.astype(out.dtype)
+            if blend:  # the sum, rounded and saturated into the output in one pass
+                exposed = cv2.LUT(tile, exposed_lut) if levels == 256 else exposed_lut[tile]
+                cv2.add(result, exposed, dst=out[start : start + rows], dtype=out_depth)
             else:
                 out[start : start + rows] = (result * np.float32(top) + np.float32(0.5)).astype(out.dtype)
 
