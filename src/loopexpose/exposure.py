@@ -159,6 +159,7 @@ def highlight_weight(x: torch.Tensor) -> torch.Tensor:
     low, high = HIGHLIGHT_RAMP
     return ((x.amin(dim=1, keepdim=True) - low) / (high - low)).clamp(0, 1)
 
+
 def neutral_highlights(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Highlights without reliable hue changed neutrally: where ``x`` is bright in every channel
     (:func:`highlight_weight`), ``out`` gives way to ``x`` scaled by one number, the change of mean luma there, so

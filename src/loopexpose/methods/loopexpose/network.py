@@ -124,9 +124,13 @@ class CurveGrid(ExposureModel):
         params = self._predict_thumbnail(thumb)
         if not self.training:  # the exposure rules: fixed, on the trained network's result, not learned
             with torch.no_grad():
-                network = lambda t: self.apply(t, self._predict_thumbnail(t))  # noqa: E731
-                params.gain, params.exposure, params.blend = exposure_rules(thumb, self.apply(thumb, params), network)
+                rules = exposure_rules(thumb, self.apply(thumb, params), self._network)
+                params.gain, params.exposure, params.blend = rules
         return params
+
+    def _network(self, thumb: torch.Tensor) -> torch.Tensor:
+        """The network alone (no exposure rules) on ``(B, 3, thumb, thumb)`` thumbnails -> their results."""
+        return self.apply(thumb, self._predict_thumbnail(thumb))
 
     def _predict_thumbnail(self, thumb: torch.Tensor) -> CurveGridParams:
         """The network proper: ``(B, 3, thumb, thumb)`` thumbnails -> parameters (no exposure rules)."""

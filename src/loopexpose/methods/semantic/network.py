@@ -168,6 +168,12 @@ def _pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if x.shape[-2:] == size else F.adaptive_avg_pool2d(x, size)
 
 
+def _with_rules(x: torch.Tensor, alpha: torch.Tensor, rules: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The curves of strengths ``alpha`` on ``x`` (any size, or rows of it), then neutral highlights and the exposure
+    rules' numbers ``rules``."""
+    return apply_exposure_rules(x, neutral_highlights(x, apply_quadratic_curves(x, alpha)), *rules)
+
+
 def apply_quadratic_curves(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Iterated quadratic curves ``x <- x + a x (1 - x)`` (Zero-DCE's light-enhancement curve).
 
@@ -271,22 +277,27 @@ class SemanticNet(ExposureModel):
             masks = F.interpolate(masks, size=thumb.shape[-2:], mode="nearest")
         alpha = self.predict(thumb, masks.to(thumb))
         full = alpha if alpha.shape[-2:] == x.shape[-2:] else F.interpolate(alpha, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        out = apply_quadratic_curves(x, full)
-        if not self.training:  # the rules shared with CurveGrid: fixed, on the trained result, not learned
+        if self.training:
+            out = apply_quadratic_curves(x, full)
+        else:  # the rules shared with CurveGrid: fixed, on the trained result, not learned
             with torch.no_grad():
-                out = neutral_highlights(x, out)
-                result = neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha))
-                out = apply_exposure_rules(x, out, *exposure_rules(thumb, result, self._network))
+                out = _with_rules(x, full, self._rules(thumb, alpha))
         return {"output": out, "alpha": alpha, "masks": masks, "thumb": thumb}
+
+    def _rules(self, thumb: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exposure rules' numbers (:func:`loopexpose.exposure.exposure_rules`) of thumbnails whose curve
+        strengths are ``alpha``."""
+        return exposure_rules(thumb, neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha)), self._network)
 
     @torch.no_grad()
     def correct_array(self, pixels: np.ndarray, tile_rows: int = 256) -> np.ndarray:
         """Correct one ``(H, W, 3)`` RGB array (uint8, uint16 or float in [0, 1]); returns the same dtype.
 
-        The CPU path for whole photos: the network and the rules' numbers come from an OpenCV area thumbnail;
-        the curve strengths are upsampled along the columns once (``h x W``, small) and along the rows tile by
-        tile, where the curves and the rules are applied, so memory stays a few tiles above the input and output
-        whatever the size. The same result as :meth:`forward` up to rounding.
+        The CPU path for whole photos: the network and the rules' numbers come from the thumbnail; the curve
+        strengths are upsampled along the columns once (``h x W``, small) and along the rows tile by tile, where
+        the curves and the rules are applied. Memory: one float copy of the photo for the thumbnail (dropped before
+        the tiles), then a few tiles above the input and output, whatever the size. The same result as
+        :meth:`forward` up to rounding.
         """
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(pixels.dtype, 1.0)
         height, width = pixels.shape[:2]
@@ -295,8 +306,7 @@ class SemanticNet(ExposureModel):
         # float copy of the photo, dropped before the tiles.
         thumb = self.thumbnail(torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device, torch.float32) / scale)
         alpha = self.predict(thumb, self.regions(thumb).to(thumb))
-        result = neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha))
-        rules = exposure_rules(thumb, result, self._network)
+        rules = self._rules(thumb, alpha)
         # Bilinear upsampling is separable: columns once here, rows per tile below (F.interpolate's weights).
         wide = F.interpolate(alpha, size=(alpha.shape[-2], width), mode="bilinear", align_corners=False)
         rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * (alpha.shape[-2] / height) - 0.5).clamp(min=0)
@@ -308,8 +318,7 @@ class SemanticNet(ExposureModel):
             part = slice(top, min(height, top + tile_rows))
             x = torch.from_numpy(pixels[part].astype(np.float32) / np.float32(scale)).permute(2, 0, 1)[None].to(device)
             strengths = torch.lerp(wide[:, :, low[part]], wide[:, :, high[part]], frac[:, :, part])
-            y = apply_exposure_rules(x, neutral_highlights(x, apply_quadratic_curves(x, strengths)), *rules)
-            y = y[0].permute(1, 2, 0).cpu().numpy()
+            y = _with_rules(x, strengths, rules)[0].permute(1, 2, 0).cpu().numpy()
             out[part] = (y * scale + 0.5).astype(pixels.dtype) if scale != 1.0 else y
         return out
 
