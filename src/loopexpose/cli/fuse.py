@@ -92,13 +92,12 @@ def fuse_scene(
     """
     from loopexpose import io
     from loopexpose.api import fuse as fuse_frames
-    from loopexpose.brackets import load_bracket, order_bracket
+    from loopexpose.brackets import list_images, read_bracket
 
-    bracket = order_bracket(scene, paths)
-    inputs = {path.resolve() for path in bracket.paths}
+    inputs = {path.resolve() for path in (paths if paths is not None else list_images(scene))}
     if target.resolve() in inputs:
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
-    frames = load_bracket(bracket, max_side=max_side)
+    bracket, frames = read_bracket(scene, paths, max_side=max_side)  # ordered and loaded, each frame decoded once
     alignment = None
     if align:
         from loopexpose.brackets.align import align_frames
