@@ -24,6 +24,7 @@ from loopexpose.brackets import (
     load_bracket,
     mean_luma,
     order_bracket,
+    read_bracket,
 )
 from loopexpose.errors import LoopExposeError
 
@@ -227,6 +228,49 @@ def test_load_bracket_max_side(tmp_path):
     assert float(frames[0].mean()) < float(frames[1].mean())
 
 
+def _write_kind(path: Path, pixels: np.ndarray, kind: str) -> None:
+    import tifffile
+
+    from loopexpose.io import write_image
+
+    if kind == "float.tif":
+        tifffile.imwrite(path.with_suffix(".tif"), pixels.astype(np.float32), photometric="rgb")
+    elif kind == "exif.tif":  # Pillow's TIFF with EXIF exposure times, opposite to the frames' brightness
+        _save(path.with_suffix(".tif"), float(pixels.mean()), exposure_time=1 / (10 + 100 * float(pixels.mean())))
+    else:
+        bits, suffix = kind.split(".")
+        write_image(path.with_suffix(f".{suffix}"), pixels, bits=int(bits))
+
+
+@pytest.mark.parametrize("kind", ["8.tif", "16.tif", "8.png", "16.png", "float.tif", "exif.tif"])
+@pytest.mark.parametrize("max_side", [0, 40])
+def test_read_bracket_orders_and_loads_as_order_and_load_but_decodes_once(tmp_path, monkeypatch, kind, max_side):
+    from loopexpose.brackets import discover
+
+    rng = np.random.default_rng(3)
+    texture = rng.random((48, 64, 3)).astype(np.float32)
+    for name, gain in (("a", 1.0), ("b", 0.3), ("c", 1.7), ("d", 0.6)):  # names not in exposure order
+        _write_kind(tmp_path / name, np.clip(texture * gain, 0, 1), kind)
+    discover._measure_cached.cache_clear()
+    bracket = order_bracket(tmp_path)
+    expected = load_bracket(bracket, max_side=max_side)
+    discover._measure_cached.cache_clear()
+    decoded = []
+    monkeypatch.setattr(discover, "_decode", lambda path, *a: decoded.append(path) or io_decode(path, *a))
+    got, frames = read_bracket(tmp_path, max_side=max_side)
+    assert got == bracket and got.rule == ("exif" if kind == "exif.tif" else "luminance")  # to the last bit
+    assert [p.stem for p in got.paths] == (["c", "a", "d", "b"] if kind == "exif.tif" else ["b", "d", "a", "c"])
+    assert frames.dtype == expected.dtype and np.array_equal(frames.numpy(), expected.numpy())
+    assert sorted(decoded) == sorted(bracket.paths)  # each frame decoded once: for ordering and loading alike
+    assert discover._measure_cached.cache_info().currsize == 0  # nothing measured on a decode of its own
+
+
+def io_decode(path, *args):
+    from loopexpose.io import _decode
+
+    return _decode(path, *args)
+
+
 # ----------------------------------------------------------------------------------------- real data
 
 
@@ -316,6 +360,20 @@ def test_memorial_church_shutter_times(brackets_root):
     bracket = order_bracket(brackets_root / "memorial_church" / "Memorial")
     assert bracket.paths[0].name == "memorial0076.png" and bracket.paths[-1].name == "memorial0061.png"
     assert bracket.evs == pytest.approx(list(range(16)))  # 1/1024 s .. 32 s, one stop apart
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("collection", ["hdrps", "waterloo_mef", "memorial_church", "mef_misc"])
+def test_real_brackets_read_in_one_pass_as_ordered_and_loaded(brackets_root, collection):
+    from loopexpose.brackets import discover
+
+    for scene in find_scenes(brackets_root / collection)[:4]:
+        discover._measure_cached.cache_clear()
+        bracket = order_bracket(scene)
+        expected = load_bracket(bracket, max_side=128)
+        discover._measure_cached.cache_clear()
+        got, frames = read_bracket(scene, max_side=128)
+        assert got == bracket and np.array_equal(frames.numpy(), expected.numpy()), scene
 
 
 @pytest.mark.data

@@ -3,6 +3,8 @@ the ``fuse`` command and the web demo."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -153,6 +155,36 @@ def test_large_frames_are_reduced_for_the_masks():
     assert weights is None or weights.shape == (3, 1, 480, 800)
 
 
+def shaken(frames: torch.Tensor, shift: int) -> torch.Tensor:
+    """``frames`` with every frame but the middle one (the reference) moved by about ``shift`` pixels, as an
+    unaligned hand-held bracket."""
+    moved = frames.clone()
+    moved[0] = torch.roll(frames[0], (shift, 2 * shift), (1, 2))
+    moved[2] = torch.roll(frames[2], (-shift, -shift), (1, 2))
+    return moved
+
+
+def test_a_misaligned_bracket_is_named_and_a_moving_object_is_not():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", deghost.MisalignmentWarning)
+        deghost.remove_ghosts(moving_bracket(MOVING, height=480, width=800, side=150)[0])  # what moved: no warning
+        deghost.remove_ghosts(moving_bracket(STILL, height=480, width=800, side=150)[0])
+    still, _ = moving_bracket(STILL, height=480, width=800, side=150)
+    with pytest.warns(deghost.MisalignmentWarning, match=r"misaligned: 2 of its 3 frames are shifted .*--align"):
+        clean, _ = deghost.remove_ghosts(shaken(still, 8))
+    assert not torch.equal(clean[0], shaken(still, 8)[0])  # still deghosted: the warning changes nothing
+
+
+def test_table_lookup_is_the_nearest_of_4096_entries():
+    values = torch.rand(2, 37, 53)
+    curve = np.sort(np.random.default_rng(0).random(deghost.CURVE_POINTS)).astype(np.float32)
+    table = np.interp(np.linspace(0, 1, 4096), np.linspace(0, 1, curve.size), curve).astype(np.float32)
+    nearest = np.floor(values.numpy() * np.float32(4095) + np.float32(0.5)).astype(np.int64)
+    index = deghost._lut_index(values)
+    assert index.dtype == torch.int32 and torch.equal(index.long(), torch.from_numpy(nearest))
+    assert torch.equal(deghost._lut(index[:, 3:20, 5:40], curve), torch.from_numpy(table[nearest[:, 3:20, 5:40]]))
+
+
 def test_in_place_equals_a_copy():
     frames, _ = moving_bracket(MOVING)
     clean, weights = deghost.remove_ghosts(frames)
@@ -263,6 +295,23 @@ def test_fuse_command_deghost(tmp_path):
     assert plain.exit_code == 0
     assert np.abs(read_image(tmp_path / "plain" / "walker.png").pixels - written).max() > 0.1
     assert "--deghost" in runner.invoke(app, ["fuse", "--help"]).output
+    assert "misaligned" not in result.output
+
+
+def test_fuse_command_deghost_warns_of_a_misaligned_bracket(tmp_path):
+    from typer.testing import CliRunner
+
+    from loopexpose.cli import app
+
+    scene = tmp_path / "handheld"
+    scene.mkdir()
+    for n, frame in enumerate(shaken(moving_bracket(STILL)[0], 4)):
+        write_image(scene / f"handheld_{n}.png", to_numpy(frame))
+    result = CliRunner().invoke(app, ["fuse", str(scene), "-o", str(tmp_path / "out"), "--deghost"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "misaligned" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {scene}: the bracket looks misaligned"), result.output
+    assert "--align" in lines[0] and (tmp_path / "out" / "handheld.png").is_file()
 
 
 def test_web_demo_remove_ghosts(tmp_path):

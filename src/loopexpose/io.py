@@ -336,11 +336,19 @@ def _decode(path: Path, max_side: int = 0) -> tuple[np.ndarray, int, bytes | Non
         rgb = np.repeat(raw[:, :, :1], 3, axis=2)
     else:  # BGR or BGRA
         rgb = cv2.cvtColor(np.ascontiguousarray(raw[:, :, :3]), cv2.COLOR_BGR2RGB)
-    if max_side and long_side > max_side:
-        scale = max_side / long_side
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # from the stored size, so frames
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)  # of one size stay one size after reduction
+    rgb = _reduce(rgb, max_side, (width, height))  # stored size: frames of one size stay one size after reduction
     return np.ascontiguousarray(_apply_orientation(rgb, orientation)), bit_depth, exif_bytes, icc
+
+
+def _reduce(samples: np.ndarray, max_side: int, stored: tuple[int, int]) -> np.ndarray:
+    """Samples of an image stored ``(width, height)`` (``samples`` may be a reduced JPEG decode of it) resized to
+    ``stored`` scaled so that the long side is ``max_side`` (area filter) when it is longer and ``max_side > 0``."""
+    width, height = stored
+    if not max_side or max(width, height) <= max_side:
+        return samples
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(samples, size, interpolation=cv2.INTER_AREA)
 
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")

@@ -14,6 +14,7 @@ from loopexpose.brackets.discover import (
     load_bracket,
     mean_luma,
     order_bracket,
+    read_bracket,
 )
 from loopexpose.brackets.group import Group, Grouping, group_brackets
 
@@ -30,4 +31,5 @@ __all__ = [
     "load_bracket",
     "mean_luma",
     "order_bracket",
+    "read_bracket",
 ]

@@ -11,7 +11,10 @@ scene folders. :func:`find_scenes` finds scene folders, :func:`list_images` a fo
    ``under/normal/over``, ``short/medium/long``, ``m2/zero/p2``, ``EV-2 .. EV+2``);
 4. mean luminance (cheap: JPEGs decoded at reduced scale, results cached).
 
-The rule used is reported in :attr:`Bracket.rule` (and by ``loopexpose scenes``).
+The rule used is reported in :attr:`Bracket.rule` (and by ``loopexpose scenes``). Every frame's mean luma is
+measured whatever the rule (ties, :attr:`Bracket.note`, :meth:`Bracket.reference_index`): PNGs and TIFFs have no
+reduced decode, so :func:`read_bracket`, which orders and loads a bracket as ``fuse`` does, measures them on the
+samples it loads instead of decoding them twice.
 
 Frames of one scene with different sizes: a frame whose aspect ratio is within 2% of the first (darkest)
 frame's is resized to it with a warning (cameras and converters crop a few pixels); anything else is an error.
@@ -39,6 +42,7 @@ from loopexpose.io import (
     RAW_SUFFIXES,
     REFERENCE_LUMA,
     _decode,
+    _reduce,
     _to_float,
     _truncated_jpeg,
     luma,
@@ -273,6 +277,9 @@ def _measure(path: Path) -> tuple[float, float | None]:
     return _measure_cached(str(path), stat.st_mtime_ns, stat.st_size)
 
 
+_PIL_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}  # measured on Pillow's 8-bit decode
+
+
 @functools.lru_cache(maxsize=8192)
 def _measure_cached(path_text: str, mtime_ns: int, size: int) -> tuple[float, float | None]:
     path = Path(path_text)
@@ -286,8 +293,7 @@ def _measure_cached(path_text: str, mtime_ns: int, size: int) -> tuple[float, fl
             ev = _exif_ev_of(image.getexif())
             # PIL's fast path is 8-bit only (it clips 16-bit grey); deeper files go through read_image.
             # (JPEG, PNG and TIFF only: anything else goes to read_image below, which refuses it)
-            if image.format in {"JPEG", "MPO", "PNG", "TIFF"} and image.mode in {"RGB", "RGBA", "L", "LA", "P",
-                                                                                 "PA", "CMYK", "YCbCr", "1"}:
+            if image.format in {"JPEG", "MPO", "PNG", "TIFF"} and image.mode in _PIL_MODES:
                 if image.format == "JPEG":
                     scale = 256 / max(image.size)
                     if scale < 1:
@@ -323,6 +329,11 @@ def order_bracket(scene: str | os.PathLike, paths: list[Path] | None = None) -> 
         LoopExposeError: no images, or a frame that cannot be read.
     """
     scene = Path(scene)
+    return _order(scene, _scene_paths(scene, paths), {})
+
+
+def _scene_paths(scene: Path, paths: list[Path] | None) -> list[Path]:
+    """``paths`` (default: every image of ``scene``), checked: not empty, not RAW files beside other images."""
     paths = list(paths) if paths is not None else list_images(scene)
     if not paths:
         raise LoopExposeError("no images in scene folder", scene)
@@ -330,7 +341,12 @@ def order_bracket(scene: str | os.PathLike, paths: list[Path] | None = None) -> 
         from loopexpose.raw import check_bracket
 
         check_bracket(paths, scene)  # RAW files beside other images: an error
-    measures = [_measure(p) for p in paths]
+    return paths
+
+
+def _order(scene: Path, paths: list[Path], known: dict[Path, tuple[float, float | None]]) -> Bracket:
+    """:func:`order_bracket` of ``paths``, with the ``(mean luma, EXIF EV)`` of the frames in ``known`` as given."""
+    measures = [known[p] if p in known else _measure(p) for p in paths]
     lumas = [m[0] for m in measures]
     exposure: list[float] | None = None
     rule, note = "luminance", ""
@@ -381,10 +397,94 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
     Frames whose size differs from the first frame's are resized to it with a warning when the aspect ratio
     agrees within 2%; otherwise :class:`LoopExposeError`.
     """
-    import torch
-
     if not isinstance(bracket, Bracket):
         bracket = order_bracket(bracket)
+    return _load(bracket, max_side, {})
+
+
+def read_bracket(
+    scene: str | os.PathLike, paths: list[Path] | None = None, max_side: int = 0
+) -> tuple[Bracket, torch.Tensor]:
+    """:func:`order_bracket` then :func:`load_bracket`, decoding every frame once.
+
+    The same bracket (order, rule, mean lumas to the last bit) and the same frames. JPEG and RAW frames are
+    measured as :func:`order_bracket` does (a reduced decode); upright 8-bit RGB and 16-bit or float PNGs and
+    TIFFs are measured on the samples that are then loaded, which :func:`order_bracket` followed by
+    :func:`load_bracket` would decode twice. Their integer samples are held until the frames are stacked (a
+    quarter of the stack's memory for 8-bit frames, half for 16-bit).
+
+    Args:
+        scene: the scene folder.
+        paths: its frames (default: every image in the folder).
+        max_side: as :func:`load_bracket`.
+
+    Returns:
+        ``(bracket, frames)``: the :class:`Bracket` and its ``(N, 3, H, W)`` frames in ``[0, 1]``, darkest first.
+
+    Raises:
+        LoopExposeError: as :func:`order_bracket` and :func:`load_bracket`.
+    """
+    scene = Path(scene)
+    paths = _scene_paths(scene, paths)
+    known: dict[Path, tuple[float, float | None]] = {}
+    decoded: dict[Path, np.ndarray] = {}
+    for path in paths:
+        measured = _measure_decoded(path, max_side)
+        if measured is not None:
+            known[path], decoded[path] = measured
+    return (bracket := _order(scene, paths, known)), _load(bracket, max_side, decoded)
+
+
+def _measure_decoded(path: Path, max_side: int) -> tuple[tuple[float, float | None], np.ndarray] | None:
+    """``((mean luma, EXIF EV), samples)`` of a PNG or TIFF whose luma :func:`_measure_cached` would take from the
+    very samples :func:`loopexpose.io._decode` gives (``max_side`` applied), or ``None``: JPEG and RAW (cheap to
+    measure as they are), rotated frames (Pillow measures them as stored, and a float mean depends on the pixels'
+    order), modes that Pillow converts to RGB its own way (palette, grey, CMYK, alpha), TIFF codecs outside
+    :data:`_PIL_TIFF_CODECS`, or a file either reader refuses (the error then comes from the usual path)."""
+    if path.suffix.lower() not in {".png", ".tif", ".tiff"}:
+        return None
+    try:
+        with open_pil(path, path) as image:
+            exif = image.getexif()
+            ev = _exif_ev_of(exif)
+            orientation = exif.get(0x0112, 1)
+            pil_measures = image.mode in _PIL_MODES  # _measure_cached's fast path, on PIL's decode
+            compression = image.info.get("compression", "raw") if image.format == "TIFF" else "raw"
+            if image.format not in {"PNG", "TIFF"} or orientation not in (1, None) or (
+                pil_measures and (image.mode != "RGB" or compression not in _PIL_TIFF_CODECS)
+            ):  # fmt: skip
+                return None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, LoopExposeError):
+        if path.suffix.lower() not in {".tif", ".tiff"}:
+            return None
+        pil_measures, ev = False, None  # e.g. a float TIFF: measured on read_image's samples, EV unknown
+    try:
+        samples, _, _, _ = _decode(path)
+    except LoopExposeError:
+        return None
+    if pil_measures:
+        if samples.dtype == np.uint16:  # Pillow opens 16-bit RGB as 8-bit RGB: the high bytes
+            samples8 = (samples >> 8).astype(np.uint8)
+        elif samples.dtype == np.uint8:
+            samples8 = samples
+        else:
+            return None
+        grey = np.asarray(Image.fromarray(samples8, "RGB").convert("L"), dtype=np.float32)
+        mean = float(grey.mean() / 255.0)
+    else:
+        mean = float(luma(_to_float(samples)).mean())
+    return (mean, ev), _reduce(samples, max_side, samples.shape[1::-1])  # upright: stored as it is
+
+
+#: TIFF codecs Pillow decodes itself, exactly as OpenCV does (lossless): with another one Pillow may fail where
+#: OpenCV does not, and :func:`_measure_cached` then measures OpenCV's samples another way.
+_PIL_TIFF_CODECS = {"raw", "tiff_lzw", "tiff_adobe_deflate", "tiff_deflate", "packbits"}
+
+
+def _load(bracket: Bracket, max_side: int, decoded: dict[Path, np.ndarray]) -> torch.Tensor:
+    """:func:`load_bracket`, taking the samples of the frames in ``decoded`` from there (each dropped once used)."""
+    import torch
+
     decode = _decode
     if any(Path(p).suffix.lower() in RAW_SUFFIXES for p in bracket.paths):
         from loopexpose.raw import bracket_decoder
@@ -396,7 +496,7 @@ def load_bracket(bracket: Bracket | str | os.PathLike, max_side: int = 0) -> tor
     # memory traffic for 5 x 12 MP on the 2-core CPU).
     stack: np.ndarray | None = None
     for index, path in enumerate(bracket.paths):
-        samples = decode(Path(path), max_side)[0]
+        samples = decoded.pop(path) if path in decoded else decode(Path(path), max_side)[0]
         if stack is None:
             stack = np.empty((len(bracket.paths), 3, *samples.shape[:2]), np.float32)
         elif samples.shape[:2] != stack.shape[2:]:

@@ -13,6 +13,9 @@ skipped with a warning, and a group whose frames differ in size fails alone.
 
 ``--align`` registers handheld frames first (:mod:`loopexpose.brackets.align`) and prints every frame's estimated
 motion per scene; a frame that cannot be aligned is left out of that scene's fusion with a warning line.
+``--deghost`` on a bracket whose frames are shifted as a whole (hand-held, not aligned) warns in one line that it
+looks misaligned and suggests ``--align`` (:class:`loopexpose.deghost.MisalignmentWarning`): deghosting would
+otherwise take most of those frames from the reference.
 """
 
 from __future__ import annotations
@@ -89,13 +92,12 @@ def fuse_scene(
     """
     from loopexpose import io
     from loopexpose.api import fuse as fuse_frames
-    from loopexpose.brackets import load_bracket, order_bracket
+    from loopexpose.brackets import list_images, read_bracket
 
-    bracket = order_bracket(scene, paths)
-    inputs = {path.resolve() for path in bracket.paths}
+    inputs = {path.resolve() for path in (paths if paths is not None else list_images(scene))}
     if target.resolve() in inputs:
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
-    frames = load_bracket(bracket, max_side=max_side)
+    bracket, frames = read_bracket(scene, paths, max_side=max_side)  # ordered and loaded, each frame decoded once
     alignment = None
     if align:
         from loopexpose.brackets.align import align_frames
@@ -137,7 +139,8 @@ def fuse(
     max_gap: float = typer.Option(2.0, "--max-gap", min=0.0, help=MAX_GAP_HELP),
     deghost: bool = typer.Option(
         False, "--deghost", help="Remove ghosts: what moved between the frames (people, leaves, water, cars) is "
-        "taken from the frame nearest mid-grey instead of showing through semi-transparent. Frames must be aligned.",
+        "taken from the frame nearest mid-grey instead of showing through semi-transparent. Frames must be aligned "
+        "(a bracket that looks misaligned gets a warning: add --align).",
     ),
     max_pixels: int = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP, show_default=False),
     align: bool = typer.Option(
@@ -158,6 +161,7 @@ def fuse(
     """
     from loopexpose import fusion
     from loopexpose.brackets.align import AlignmentWarning
+    from loopexpose.deghost import MisalignmentWarning
     from loopexpose.io import set_max_pixels
 
     set_max_pixels(max_pixels)
@@ -208,9 +212,10 @@ def fuse(
                                 _, alignment = fuse_scene(job.folder, job.target, preset=preset, bits=out_bits,
                                                           device=device, max_side=max_side, corrector=corrector,
                                                           align=align, deghost=deghost, paths=job.paths)  # fmt: skip
-                            for warning in caught:  # frames left out (named by file), frames resized (by path)
-                                left_out = issubclass(warning.category, AlignmentWarning)
-                                message = f"{job.folder}: {warning.message}" if left_out else warning.message
+                            for warning in caught:  # frames left out (named by file), a misaligned bracket
+                                # (both named by folder); frames resized (by path)
+                                of_scene = issubclass(warning.category, (AlignmentWarning, MisalignmentWarning))
+                                message = f"{job.folder}: {warning.message}" if of_scene else warning.message
                                 print_error(message, progress.console, label="warning")
                             if alignment is not None:
                                 progress.console.print(motion_table(job.label, alignment))
