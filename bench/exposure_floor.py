@@ -128,13 +128,21 @@ def run(model, scenes, variant: str):
     return by_offset, float(np.mean(consistency)), np.array(per_scene)
 
 
-def main() -> None:
-    torch.set_num_threads(2)
+def split_brackets():
+    """``(training split, validation scenes)`` of ``<data>/brackets`` as the bundled model's training split them
+    (``split_scenes(..., 0.1)``), or ``None`` (said on stdout) when the data is absent."""
     root = data_root() / "brackets"
     if not root.is_dir():
         print(f"skipped: no data at {root}")
+        return None
+    return split_scenes(scan_brackets(root, min_frames=2), 0.1)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    if (split := split_brackets()) is None:
         return
-    train, val = split_scenes(scan_brackets(root, min_frames=2), 0.1)
+    train, val = split
     groups = {
         "validation (13 scenes)": val,
         "validation, HDRPS (5)": [b for b in val if b.collection == "hdrps"],

@@ -35,13 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loopexpose  # noqa: E402
-from exposure_floor import oracle_exposure  # noqa: E402
+from exposure_floor import oracle_exposure, split_brackets  # noqa: E402
 from loopexpose.baselines import mean_luma  # noqa: E402
-from loopexpose.data import scan_brackets, split_scenes  # noqa: E402
 from loopexpose.evaluate import load_window  # noqa: E402
 from loopexpose.fusion import fuse  # noqa: E402
 from loopexpose.metrics import psnr  # noqa: E402
-from loopexpose.paths import data_root  # noqa: E402
 
 OFFSETS = (-2, -1, 0, 1, 2)
 COLUMNS = ("network", "shipped", "network, exact level", "shipped, exact level", "level error (EV)")
@@ -65,11 +63,9 @@ def scene_rows(model, frames: torch.Tensor, target: torch.Tensor, offsets: list[
 
 def main() -> None:
     torch.set_num_threads(2)
-    root = data_root() / "brackets"
-    if not root.is_dir():
-        print(f"skipped: no data at {root}")
+    if (split := split_brackets()) is None:
         return
-    train, val = split_scenes(scan_brackets(root, min_frames=2), 0.1)
+    train, val = split
     model = loopexpose.load("default")
     for name, brackets in (("validation (13 scenes)", val), ("training split (109, seen in training)", train)):
         to_label: dict[int, list[list[float]]] = {}
