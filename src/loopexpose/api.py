@@ -45,8 +45,8 @@ def fuse(
             - a sequence of numpy arrays ``(H, W, 3)`` (uint8, uint16 or float in ``[0, 1]``), or of PIL images
               (8-bit modes, 16-bit grey ``I;16``), all of one size and one dtype, in any order of exposure
               (fusion does not depend on the order); :mod:`loopexpose.inputs` has the whole contract;
-            - a scene folder, or a sequence of image file paths of one scene (read with
-              :func:`loopexpose.brackets.load_bracket`, ordered darkest first).
+            - a scene folder, or a sequence of image file paths of one scene (ordered darkest first and read
+              with :func:`loopexpose.brackets.read_bracket`).
         model: ``None`` (no correction), a model from :func:`loopexpose.load`, a bundled model name or a
             ``.safetensors`` path (loaded on ``device``), or any callable mapping ``(N, 3, H, W)`` frames in
             ``[0, 1]`` to corrected frames of the same shape.
@@ -148,8 +148,8 @@ def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None, list[str] | No
         tensor, given = as_pixels(frames, "fuse")
         return "tensor", tensor, given, None
     if isinstance(frames, (str, os.PathLike)):
-        bracket = brackets.order_bracket(Path(frames))
-        return "files", brackets.load_bracket(bracket), None, [path.name for path in bracket.paths]
+        bracket, tensor = brackets.read_bracket(Path(frames))  # ordered and loaded, each frame decoded once
+        return "files", tensor, None, [path.name for path in bracket.paths]
     if not isinstance(frames, Sequence) or isinstance(frames, (str, bytes, np.ndarray)) or len(frames) == 0:
         raise LoopExposeError(
             "frames must be a tensor (N, 3, H, W), a list of arrays, PIL images or files, or a scene folder"
@@ -157,8 +157,8 @@ def _as_bracket(frames) -> tuple[str, torch.Tensor, Given | None, list[str] | No
     first = frames[0]
     if isinstance(first, (str, os.PathLike)):
         paths = [Path(p) for p in frames]
-        bracket = brackets.order_bracket(paths[0].parent, paths)
-        return "files", brackets.load_bracket(bracket), None, [path.name for path in bracket.paths]
+        bracket, tensor = brackets.read_bracket(paths[0].parent, paths)
+        return "files", tensor, None, [path.name for path in bracket.paths]
     arrays, given = as_frame_pixels(frames, "fuse")
     if given.kind == "pil":  # a fused image has no alpha: RGBA frames give RGB, LA frames L
         given = replace(given, alpha=None)
