@@ -117,8 +117,7 @@ def load_scene(collection: str, scene: str) -> torch.Tensor:
     """``(N, 3, H, W)`` frames, darkest first; longer brackets as a 5-frame window around the frame nearest
     mid-grey (about -2..+2 EV for HDRPS)."""
     folder = paths.data_root() / "brackets" / collection / scene
-    bracket = brackets.order_bracket(folder)
-    frames = brackets.load_bracket(bracket)
+    bracket, frames = brackets.read_bracket(folder)
     if len(frames) > WINDOW:
         middle = bracket.reference_index()
         start = min(max(0, middle - WINDOW // 2), len(frames) - WINDOW)

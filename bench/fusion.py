@@ -44,10 +44,10 @@ def source_bracket(frames: int = 5) -> np.ndarray:
 
     scene = paths.data_root() / "brackets" / "hdrps" / "Ahwahnee Great Lounge"
     if scene.is_dir():
-        bracket = brackets.load_bracket(scene)  # darkest first
-        middle = int(torch.tensor(brackets.order_bracket(scene).mean_luma).sub(0.45).abs().argmin())
-        start = min(max(0, middle - frames // 2), len(bracket) - frames)
-        return bracket[start : start + frames].permute(0, 2, 3, 1).numpy()
+        bracket, stack = brackets.read_bracket(scene)  # darkest first
+        middle = int(torch.tensor(bracket.mean_luma).sub(0.45).abs().argmin())
+        start = min(max(0, middle - frames // 2), len(stack) - frames)
+        return stack[start : start + frames].permute(0, 2, 3, 1).numpy()
     sys.path.insert(0, "tests")
     from conftest import synthetic_bracket
 

@@ -87,9 +87,9 @@ METHODS = ("enfuse", "mertens", "mertens+deghost", "loopexpose", "loopexpose+deg
 
 def load_window(collection: str, scene: str, side: int = SIDE) -> tuple[torch.Tensor, int]:
     """The 5 frames around mid-grey of a scene, long side ``side``: ``((N, 3, H, W), reference index)``."""
-    bracket = brackets.order_bracket(paths.data_root() / "brackets" / collection / scene)
+    bracket, frames = brackets.read_bracket(paths.data_root() / "brackets" / collection / scene, max_side=side)
     start, reference = select_window(bracket.mean_luma)
-    frames = brackets.load_bracket(bracket, max_side=side)[start : start + 5]
+    frames = frames[start : start + 5]
     return frames, deghost.reference_index(frames)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,23 @@ def _restore_pixel_limit():
     os.environ.pop(MAX_PIXELS_ENV, None)
     if saved is not None:
         os.environ[MAX_PIXELS_ENV] = saved
+
+
+@pytest.fixture()
+def frame_reads(monkeypatch):
+    """Records how bracket frames are read from here on: ``reads.decoded``, every file decoded at full size
+    (``loopexpose.io._decode`` as :mod:`loopexpose.brackets` calls it), and ``reads.measured``, every file whose
+    mean luma was measured on a decode of its own (``discover._measure``). A PNG bracket read once, as
+    :func:`loopexpose.brackets.read_bracket` reads it, decodes each frame once and measures none on its own."""
+    from types import SimpleNamespace
+
+    from loopexpose.brackets import discover
+
+    reads = SimpleNamespace(decoded=[], measured=[])
+    decode, measure = discover._decode, discover._measure
+    monkeypatch.setattr(discover, "_decode", lambda path, *a: reads.decoded.append(Path(path)) or decode(path, *a))
+    monkeypatch.setattr(discover, "_measure", lambda path: reads.measured.append(Path(path)) or measure(path))
+    return reads
 
 
 def camera_motion(dx: float, dy: float, degrees: float, height: int, width: int) -> np.ndarray:

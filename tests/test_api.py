@@ -159,6 +159,22 @@ def test_fuse_takes_arrays_pil_images_files_and_a_model_path(model, tmp_path):
     assert np.abs(from_files * 255 - fused).max() <= 1.0
 
 
+def test_fuse_of_files_decodes_every_frame_once(model, tmp_path, frame_reads):
+    from loopexpose.brackets import load_bracket, order_bracket
+    from loopexpose.io import to_numpy
+
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    for name, frame in zip("cab", _bracket()):  # names not in exposure order: the order comes from the pixels
+        write_image(scene / f"{name}.png", frame.permute(1, 2, 0).numpy())
+    expected = to_numpy(loopexpose.fuse(load_bracket(order_bracket(scene)), model=model))
+    paths = sorted(scene.iterdir())
+    frame_reads.decoded.clear(), frame_reads.measured.clear()
+    for frames in (scene, paths):  # a folder, and its files in any order
+        assert np.array_equal(loopexpose.fuse(frames, model=model), expected)
+    assert sorted(frame_reads.decoded) == sorted(paths * 2) and frame_reads.measured == []
+
+
 def test_fuse_bad_preset_and_frames(model):
     with pytest.raises(LoopExposeError, match="preset"):
         loopexpose.fuse(_bracket(), preset="nope")

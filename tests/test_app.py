@@ -181,6 +181,15 @@ def test_fuse_orders_shuffled_bracket_by_luminance(demo):
     assert not list(demo.workdir.glob("scene-*")), "the scene folder of copied uploads is removed"
 
 
+def test_fuse_decodes_every_uploaded_frame_once(demo, frame_reads):
+    frames = render_bracket("rocket", (-2.0, 0.0, 2.0))
+    paths = [upload(demo, to_numpy(frame), name) for frame, name in zip(frames, ("b.png", "c.png", "a.png"))]
+    result = demo.fuse(paths[::-1], "identity")
+    assert result.rule == "luminance" and result.names == ["b.png", "c.png", "a.png"]
+    assert sorted(path.name for path in frame_reads.decoded) == ["a.png", "b.png", "c.png"]  # the scene's copies
+    assert frame_reads.measured == []  # none decoded a second time to be ordered
+
+
 def test_fuse_uses_ev_tags_in_names_and_corrects_frames(demo):
     frames = render_bracket("coffee", (-1.0, 0.0, 1.0))
     names = ["x_N1.png", "x_0.png", "x_P1.png"]

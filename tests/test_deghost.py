@@ -275,6 +275,53 @@ def test_api_deghost_for_tensors_arrays_and_models():
     assert torch.allclose(with_model, expected, atol=1e-6)
 
 
+def _in_place_calls(monkeypatch) -> list[bool]:
+    """Whether each ``remove_ghosts`` call from here on wrote the ghost-free frames over its input (no copy)."""
+    calls, remove = [], deghost.remove_ghosts
+
+    def spy(frames, reference=None, masks=None, out=None):
+        calls.append(out is frames)
+        return remove(frames, reference, masks, out)
+
+    monkeypatch.setattr(deghost, "remove_ghosts", spy)
+    return calls
+
+
+def test_api_deghost_writes_over_the_frames_only_when_they_are_its_own(monkeypatch):
+    frames, _ = moving_bracket(MOVING)
+    clean, _ = deghost.remove_ghosts(frames)
+    expected = loopexpose.fuse(frames, deghost=True)
+    calls = _in_place_calls(monkeypatch)
+    given = frames.clone()
+    assert torch.equal(loopexpose.fuse(given, deghost=True), expected) and torch.equal(given, frames)  # a copy
+    assert torch.equal(loopexpose.fuse(given, deghost=True, overwrite_frames=True), expected)
+    assert torch.equal(given, clean)  # the ghost-free frames were written over the frames given: no copy
+    as_bytes = (frames * 255).round().to(torch.uint8)  # converted to floats here: that copy is its own
+    assert torch.equal(loopexpose.fuse(as_bytes, deghost=True), (expected * 255).round().to(torch.uint8))
+    assert calls == [False, True, True]
+    batch = frames.expand(2, *frames.shape)  # both brackets in one memory: writing one would change the other
+    assert torch.equal(loopexpose.fuse(batch, deghost=True, overwrite_frames=True), expected.expand(2, *expected.shape))
+    assert not any(calls[3:]) and torch.equal(batch[1], frames)  # copied (each bracket of the batch too)
+    batch = torch.stack([frames, frames])  # a batch of its own: each bracket written over
+    assert torch.equal(loopexpose.fuse(batch, deghost=True, overwrite_frames=True), expected.expand(2, *expected.shape))
+    assert torch.equal(batch, clean.expand(2, *clean.shape))
+
+
+def test_fuse_command_deghosts_the_frames_it_read_in_place(tmp_path, monkeypatch):
+    from loopexpose.cli.fuse import fuse_scene
+    from loopexpose.io import read_image
+
+    frames, _ = moving_bracket(MOVING)
+    scene = tmp_path / "walker"
+    scene.mkdir()
+    for n, frame in enumerate(frames):
+        write_image(scene / f"walker_{n}.png", to_numpy(frame), bits=16)
+    calls = _in_place_calls(monkeypatch)
+    target, _ = fuse_scene(scene, tmp_path / "walker.png", bits=16, deghost=True)
+    assert calls == [True]
+    assert np.abs(read_image(target).pixels - loopexpose.fuse(scene, deghost=True)).max() < 1e-4
+
+
 def test_fuse_command_deghost(tmp_path):
     from typer.testing import CliRunner
 

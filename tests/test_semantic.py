@@ -206,6 +206,21 @@ def _write_brackets(root, scenes=3):
             write_image(root / f"scene{s}" / f"frame_{i}.png", frame.permute(1, 2, 0).numpy() * (0.9 + 0.05 * s), bits=8)
 
 
+def test_training_scenes_are_read_decoding_every_frame_once(tmp_path, frame_reads):
+    from loopexpose.brackets import load_bracket, order_bracket
+    from loopexpose.io import write_image
+    from loopexpose.methods.semantic.train import DEFAULTS, load_scenes
+
+    _write_brackets(tmp_path / "data", scenes=2)
+    write_image(tmp_path / "data" / "single" / "frame.png", np.full((40, 56, 3), 0.5, np.float32))  # left out
+    expected = [load_bracket(order_bracket(tmp_path / "data" / f"scene{s}"), max_side=40) for s in range(2)]
+    frame_reads.decoded.clear(), frame_reads.measured.clear()
+    scenes = load_scenes({**DEFAULTS["data"], "root": str(tmp_path / "data"), "max_side": 40})
+    assert [key for key, _ in scenes] == ["data/scene0", "data/scene1"]
+    assert all(torch.equal(frames, want) for (_, frames), want in zip(scenes, expected))
+    assert frame_reads.measured == [] and len(frame_reads.decoded) == 7  # 2 x 3 frames and the single one
+
+
 def test_semantic_config_refuses_unknown_keys():
     from loopexpose.errors import LoopExposeError
     from loopexpose.methods.semantic.train import merged_config

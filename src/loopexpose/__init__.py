@@ -15,13 +15,17 @@ def load(spec="default", device="cpu"):
     return _load(spec, device)
 
 
-def fuse(frames, model=None, preset="opencv", device=None, align=False, deghost=False):
+def fuse(frames, model=None, preset="opencv", device=None, align=False, deghost=False, overwrite_frames=False):
     """Mertens fusion of one bracket; with a ``model`` every frame is corrected first (the LoopExpose MEF result);
     with ``align=True`` a handheld bracket is registered first (and the result cropped to the common region); with
-    ``deghost`` what moved between the frames comes from the frame nearest mid-grey, without ghosts.
+    ``deghost`` what moved between the frames comes from the frame nearest mid-grey, without ghosts (written over a
+    tensor given as ``frames`` with ``overwrite_frames=True``, instead of into a copy of it).
 
     See :func:`loopexpose.api.fuse` for the accepted inputs (tensors, arrays, PIL images, files, a folder).
     """
     from loopexpose.api import fuse as _fuse
 
-    return _fuse(frames, model=model, preset=preset, device=device, align=align, deghost=deghost)
+    return _fuse(
+        frames, model=model, preset=preset, device=device, align=align, deghost=deghost,
+        overwrite_frames=overwrite_frames,
+    )  # fmt: skip

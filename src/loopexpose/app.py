@@ -322,7 +322,7 @@ class WebDemo:
         then those of the ghost-free frames, the ordered ones stay as uploaded.
         """
         from loopexpose import fusion
-        from loopexpose.brackets import load_bracket, order_bracket
+        from loopexpose.brackets import read_bracket
         from loopexpose.io import to_numpy, write_image
 
         uploads = list(uploads or [])
@@ -339,8 +339,7 @@ class WebDemo:
                 target.parent.mkdir()
                 shutil.copyfile(path, target)
                 copies.append(target)
-            bracket = order_bracket(scene, copies)
-            frames = load_bracket(bracket)
+            bracket, frames = read_bracket(scene, copies)  # ordered and loaded, each frame decoded once
             names = [p.name for p in bracket.paths]
         evs = bracket.evs if bracket.evs is not None else [None] * len(frames)
         alignment = None

@@ -476,7 +476,9 @@ def remove_ghosts(
     if isinstance(frames, torch.Tensor) and frames.dim() == 5:
         given = [None] * len(frames) if masks is None else masks
         targets = [None] * len(frames) if out is None else out
-        pairs = [remove_ghosts(bracket, reference, m, o) for bracket, m, o in zip(frames, given, targets)]
+        in_place = out is frames  # each bracket its own out (not a copy of itself onto itself)
+        pairs = [remove_ghosts(bracket, reference, m, bracket if in_place else o)
+                 for bracket, m, o in zip(frames, given, targets)]  # fmt: skip
         weights = None
         if any(w is not None for _, w in pairs):
             ones = torch.ones(frames.shape[1], 1, *frames.shape[-2:], device=frames.device)

@@ -104,7 +104,8 @@ def fuse_scene(
 
         alignment = align_frames(frames, names=[path.name for path in bracket.paths])
         frames = alignment.frames
-    fused = fuse_frames(frames.to(device), model=corrector, preset=preset, deghost=deghost)  # Mertens or LoopExpose MEF
+    # Mertens or LoopExpose MEF; the frames are ours, so deghosting may write over them instead of copying them
+    fused = fuse_frames(frames.to(device), model=corrector, preset=preset, deghost=deghost, overwrite_frames=True)
     raw = bracket.paths[0].suffix.lower() in io.RAW_SUFFIXES  # a bracket is all RAW or none (order_bracket)
     if bits is None:
         bits = 16 if raw and target.suffix.lower() in {".png", ".tif", ".tiff"} else 8

@@ -86,7 +86,7 @@ def merged_config(config: dict) -> dict:
 def load_scenes(cfg: dict) -> list[tuple[str, torch.Tensor]]:
     """``("collection/scene", bracket)`` pairs, each bracket ``(N, 3, H, W)`` darkest first, downscaled to
     ``max_side``, from the configured collections."""
-    from loopexpose.brackets import find_scenes, load_bracket, order_bracket
+    from loopexpose.brackets import find_scenes, read_bracket
     from loopexpose.paths import data_root
 
     root = Path(cfg["root"]) if cfg["root"] else data_root() / "brackets"
@@ -98,9 +98,9 @@ def load_scenes(cfg: dict) -> list[tuple[str, torch.Tensor]]:
         scenes = scenes[: cfg["max_scenes"]]
     brackets = []
     for scene in scenes:
-        bracket = order_bracket(scene)
+        bracket, frames = read_bracket(scene, max_side=cfg["max_side"])  # each frame decoded once
         if len(bracket.paths) >= 2:
-            brackets.append((f"{bracket.collection}/{bracket.name}", load_bracket(bracket, max_side=cfg["max_side"])))
+            brackets.append((f"{bracket.collection}/{bracket.name}", frames))
     if len(brackets) < 2:
         raise LoopExposeError("need at least 2 brackets with 2 or more frames to train", root)
     return brackets
