@@ -59,42 +59,6 @@ def pre_lift(model, frames: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def oracle_exposure(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Each frame of ``(N, 3, H, W)`` exposed to the mean luma of ``reference`` ``(3, H, W)`` by one gain in linear
-    light: brightening with the floor's roll-off (:func:`~loopexpose.exposure.finish`),
-    darkening as a plain gain (clipped white turns grey)."""
-    import kornia
-
-    target = mean_luma(reference[None]).flatten()
-    out = torch.empty_like(frames)
-    for i, frame in enumerate(frames):
-        linear, gain = kornia.color.rgb_to_linear_rgb(frame[None]), torch.ones(1)
-        for _ in range(12):  # the mean luma goes about as the gain to the power 1/2.2
-            if gain.item() >= 1:
-                exposed = exposure.finish(frame[None], gain)
-            else:
-                exposed = kornia.color.linear_rgb_to_rgb((linear * gain).clamp(0, 1))
-            gain = gain * (target / mean_luma(exposed).flatten().clamp_min(1e-4)) ** 2.2
-        out[i] = exposed[0]
-    return out
-
-
-#: The variants: the weight of the network's own level against mid-grey in the floor's target
-#: (``exposure.FLOOR_WEIGHT``) and the weight of the plain exposure in a dark frame's result
-#: (``exposure.EXPOSURE_BLEND``).
-WEIGHTS = {
-    "mid-grey floor": (0.0, 0.0),
-    "floor weight 0.25": (0.25, 0.0),
-    "floor 0.5, no blend": (0.5, 0.0),
-    "floor weight 0.75": (0.75, 0.0),
-    "network level": (1.0, 0.0),
-    "blend 0.25": (0.5, 0.25),
-    "shipped": (exposure.FLOOR_WEIGHT, exposure.EXPOSURE_BLEND),
-    "blend 0.75": (0.5, 0.75),
-    "blend 1": (0.5, 1.0),
-}
-
-
 def run(model, scenes, variant: str):
     shipped = exposure.FLOOR_WEIGHT, exposure.EXPOSURE_BLEND
     exposure.FLOOR_WEIGHT, exposure.EXPOSURE_BLEND = WEIGHTS.get(variant, (shipped[0], 0.0))
@@ -110,7 +74,8 @@ def run(model, scenes, variant: str):
                 elif variant == "pre-lift":
                     out = pre_lift(model, frames)
                 elif variant == "oracle exposure":
-                    out = oracle_exposure(frames, frames[ref])
+                    level = mean_luma(frames[ref][None]).flatten().expand(len(frames))
+                    out = exposure.expose_to_level(frames, level)
                 else:
                     out = model(frames)["output"]
             scene = []

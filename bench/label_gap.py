@@ -5,8 +5,8 @@
 * ``network``: the network alone (train mode: no exposure floor, no exposure blend),
 * ``shipped``: the network with the exposure rules, as ``loopexpose.load("default")`` corrects,
 * ``network, exact level`` and ``shipped, exact level``: the same results re-exposed, by one gain in linear
-  light, to the mean luma of the label (``exposure_floor.oracle_exposure``). A yardstick, not a method: the label
-  is not available to a corrector. What remains is the gap in tone, colour and detail at the right level;
+  light, to the mean luma of the label (:func:`loopexpose.exposure.expose_to_level`). A yardstick, not a method:
+  the label is not available to a corrector. What remains is the gap in tone, colour and detail at the right level;
 
 and the mean absolute level error, ``|log2(mean luma of result / mean luma of label)|``, of the shipped result;
 ``all`` is every frame of the windows. The same table against the reference frame (offset 0 left out; "exact
@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loopexpose  # noqa: E402
-from exposure_floor import oracle_exposure, split_brackets  # noqa: E402
+from exposure_floor import split_brackets  # noqa: E402
 from loopexpose.baselines import mean_luma  # noqa: E402
+from loopexpose.exposure import expose_to_level  # noqa: E402
 from loopexpose.evaluate import load_window  # noqa: E402
 from loopexpose.fusion import fuse  # noqa: E402
 from loopexpose.metrics import psnr  # noqa: E402
@@ -53,10 +54,11 @@ def scene_rows(model, frames: torch.Tensor, target: torch.Tensor, offsets: list[
         network = model(frames)["output"]
         model.eval()
         shipped = model(frames)["output"]
-        results = (network, shipped, oracle_exposure(network, target), oracle_exposure(shipped, target))
-    level = (mean_luma(shipped).flatten() / mean_luma(target[None]).flatten()).log2().abs()
+        level = mean_luma(target[None]).flatten().expand(len(frames))
+        results = (network, shipped, expose_to_level(network, level), expose_to_level(shipped, level))
+    error = (mean_luma(shipped).flatten() / level).log2().abs()
     return {
-        offset: [psnr(result[i], target).item() for result in results] + [level[i].item()]
+        offset: [psnr(result[i], target).item() for result in results] + [error[i].item()]
         for i, offset in enumerate(offsets)
     }
 

@@ -267,3 +267,24 @@ def test_exposure_blend_averages_a_dark_frames_result_with_its_plain_exposure():
     assert abs(mean_luma(exposed).item() - mean_luma(network).item()) < 0.01  # exposed to the result's level
     assert torch.allclose(out, torch.lerp(network, exposed, EXPOSURE_BLEND), atol=1e-5)
     assert (out - network).abs().mean() > 0.005  # the blend changes the picture
+
+
+def test_expose_to_level_reaches_the_level_brightening_with_roll_off_and_darkening_by_a_gain():
+    import kornia
+    from skimage import data as skdata
+
+    from loopexpose.baselines import mean_luma
+    from loopexpose.exposure import expose_to_level
+
+    photo = torch.from_numpy(skdata.coffee()[::4, ::4].copy()).permute(2, 0, 1)[None].float() / 255
+    photos = torch.cat([photo, photo])
+    out = expose_to_level(photos, torch.tensor([0.7, 0.2]))
+    assert torch.allclose(mean_luma(out).flatten(), torch.tensor([0.7, 0.2]), atol=2e-3)
+    white = torch.ones(1, 3, 2, 2)
+    assert expose_to_level(torch.cat([photo[..., :2, :2], white]), torch.tensor([0.9, 0.5]))[1].min() < 0.6
+    brighter = expose_to_level(photo, torch.tensor([0.7]))
+    assert brighter.max() <= 1 and (brighter >= 0.999).float().mean() < 0.01  # roll-off: almost nothing clips
+    linear = kornia.color.rgb_to_linear_rgb(photo)  # darkening: one gain in linear light, ratios kept
+    darker = kornia.color.rgb_to_linear_rgb(out[1:])
+    ratio = darker[linear > 0.05] / linear[linear > 0.05]
+    assert ratio.std() / ratio.mean() < 0.01

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import kornia
 import pytest
 import torch
 
@@ -51,6 +52,29 @@ def test_pseudo_labels_change_after_warmup():
 
 
 @pytest.mark.slow
+def test_validation_scores_the_label_gap_at_the_labels_level_too():
+    """A result that is the label exposed a quarter brighter scores low to the label, and high at its level (the
+    level-free score sees tone, colour and detail; what clipped in the brighter result is lost)."""
+    from loopexpose import fusion
+    from loopexpose.methods.loopexpose.train import Validation
+
+    bracket = synthetic_bracket(3)
+    label = fusion.fuse(bracket, preset="opencv").clamp(0, 1)
+
+    class Brighter(torch.nn.Module):  # every frame corrected to the label, 1.25x in linear light
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            brighter = kornia.color.rgb_to_linear_rgb(label[None]) * 1.25
+            return {"output": kornia.color.linear_rgb_to_rgb(brighter.clamp(0, 1))}
+
+    scores = Validation([bracket], [1]).score(Brighter(), "opencv")
+    assert scores["val_psnr_label"] < 25
+    assert scores["val_psnr_label_level"] > 45
+
+
 def test_short_training_run_learns(data_root, tmp_path):
     overrides = {
         "out_dir": str(tmp_path / "run"),

@@ -113,6 +113,36 @@ def floor_gain(input_luma: torch.Tensor, output: torch.Tensor, level: torch.Tens
     return gain
 
 
+def expose_to_level(images: torch.Tensor, level: torch.Tensor, steps: int = 12) -> torch.Tensor:
+    """``(B, 3, H, W)`` sRGB in [0, 1], each exposed to the mean luma ``level`` ``(B,)`` by one gain in linear light:
+    brightening with :func:`finish`'s roll-off (white stays white), darkening as a plain gain (clipped white turns
+    grey, as a shorter exposure would not: the information is gone). Same shape and range.
+
+    A yardstick rather than a correction (``bench/label_gap.py``, ``bench/exposure_floor.py``, the trainer's
+    validation): exposed to the level of what they are scored against, results are compared in tone, colour and
+    detail alone. Brightening is not the inverse of darkening (the roll-off compresses highlights, darkening keeps
+    their shape). ``steps`` fixed-point iterations on the gain (the mean luma goes about as the gain to the power
+    1/2.2).
+
+    >>> image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.3
+    >>> round(mean_luma(expose_to_level(image, torch.tensor([0.5]))).item(), 3)
+    0.5
+    >>> round(mean_luma(expose_to_level(image, torch.tensor([0.05]))).item(), 3)
+    0.05
+    """
+    import kornia
+
+    linear = kornia.color.rgb_to_linear_rgb(images.clamp(0, 1))
+    gain = torch.ones(len(images), dtype=images.dtype, device=images.device)
+    exposed = images
+    for _ in range(steps):
+        brighter = _finish_linear(linear, gain.clamp_min(1))
+        darker = kornia.color.linear_rgb_to_rgb((linear * gain.clamp_max(1).view(-1, 1, 1, 1)).clamp(0, 1))
+        exposed = torch.where((gain >= 1).view(-1, 1, 1, 1), brighter, darker)
+        gain = gain * (level.to(gain) / mean_luma(exposed).flatten().clamp_min(1e-4)) ** 2.2
+    return exposed
+
+
 #: Linear mid-grey (sRGB 118/255, the evaluation's mid-grey): where CurveGrid's prior curve and
 #: :func:`expose_to_mid_grey` put an image's key.
 MID_GREY_LINEAR = 0.18

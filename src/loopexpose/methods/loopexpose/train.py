@@ -33,12 +33,14 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from loopexpose import distributed, fusion, runstate, synth
+from loopexpose.baselines import mean_luma
 from loopexpose.config import Rule, check_config, check_dataclass
 from loopexpose.errors import LoopExposeError
 from loopexpose.data import (
     BracketDataset, BucketBatchSampler, ValidationSet, collate_brackets, scan_brackets, scene_key, split_scenes,
 )  # fmt: skip
 from loopexpose.evaluate import WINDOW, select_window
+from loopexpose.exposure import expose_to_level
 from loopexpose.io import atomic_write_bytes
 from loopexpose.metrics import highlight_chroma_added, psnr
 from loopexpose.losses import l1_loss, ssim_loss
@@ -180,8 +182,11 @@ class Validation:
     """Held-back scenes scored after every epoch with the bracket-5 protocol: the 5 frames around the one
     nearest mid-grey. Scores: PSNR of corrected non-reference frames to the reference frame; PSNR of corrected
     frames to their label (the input frames' fusion: how well the network learned what it is taught, on scenes
-    it never saw), overall and per offset from the reference; cross-exposure consistency (mean pairwise PSNR of
-    corrected frames); and the highlight chroma added (:func:`loopexpose.metrics.highlight_chroma_added`)."""
+    it never saw), overall and per offset from the reference, and overall at the label's level
+    (``val_psnr_label_level``: each corrected frame first exposed to the label's mean luma,
+    :func:`loopexpose.exposure.expose_to_level`; most of the plain gap is the overall level, which one frame does
+    not determine, ``bench/label_gap.py``); cross-exposure consistency (mean pairwise PSNR of corrected frames);
+    and the highlight chroma added (:func:`loopexpose.metrics.highlight_chroma_added`)."""
 
     brackets: list[torch.Tensor]  # each (<= 5, 3, H, W) float, darkest first
     references: list[int]
@@ -200,7 +205,7 @@ class Validation:
     @torch.no_grad()
     def score(self, model, preset: str) -> dict[str, float]:
         model.eval()
-        to_ref, to_label, consistency, chroma = [], [], [], []
+        to_ref, to_label, at_level, consistency, chroma = [], [], [], [], []
         by_offset: dict[int, list[float]] = {}
         device = next(model.parameters()).device
         for frames, ref in zip(self.brackets, self.references):
@@ -209,6 +214,8 @@ class Validation:
             label = fusion.fuse(frames, preset=preset).clamp(0, 1)
             n = len(corrected)
             to_ref += [float(psnr(corrected[i], frames[ref])) for i in range(n) if i != ref]
+            leveled = expose_to_level(corrected, mean_luma(label[None]).flatten().expand(n))
+            at_level += psnr(leveled, label.expand_as(leveled)).tolist()
             for i in range(n):
                 to_label.append(float(psnr(corrected[i], label)))
                 by_offset.setdefault(i - ref, []).append(to_label[-1])
@@ -219,6 +226,7 @@ class Validation:
         scores = {
             "val_psnr_ref": float(np.mean(to_ref)),
             "val_psnr_label": float(np.mean(to_label)),
+            "val_psnr_label_level": float(np.mean(at_level)),
             "val_consistency": float(np.mean(consistency)),
             "val_chroma_added": float(np.mean(chroma)) if chroma else 0.0,
         }
@@ -488,7 +496,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         if any(name in r for r in history):
             left.plot(epochs, [r.get(name, np.nan) for r in history], label=name)
     left.set_xlabel("epoch"), left.set_ylabel("training loss"), left.set_yscale("log"), left.legend()
-    for name in ("val_psnr_ref", "val_psnr_label", "val_consistency"):
+    for name in ("val_psnr_ref", "val_psnr_label", "val_psnr_label_level", "val_consistency"):
         if any(name in r for r in history):
             right.plot(epochs, [r.get(name, np.nan) for r in history], label=name)
     warm = [r["epoch"] for r in history if r["stage"] == "warmup"]
