@@ -99,6 +99,14 @@ def test_tiles_agree_with_a_single_pass(model, dtype):
         assert np.array_equal(model.correct_array(image, tile_rows=rows), single)
 
 
+def test_default_tiles_hold_a_fixed_number_of_pixels_and_agree_with_a_single_pass(model):
+    from loopexpose.methods.loopexpose.network import TILE_PIXELS
+
+    image = (_photo(100, 4096) * 255).astype(np.uint8)  # the default tiles: 32 rows, 4 of them
+    assert TILE_PIXELS // 4096 == 32
+    assert np.array_equal(model.correct_array(image), model.correct_array(image, tile_rows=10_000))
+
+
 @pytest.mark.parametrize("which", ["random", "default"])
 def test_fast_path_agrees_with_forward(model, which):
     """The tiled OpenCV path and the whole-image torch forward give the same picture up to rounding."""

@@ -290,14 +290,15 @@ class SemanticNet(ExposureModel):
         return exposure_rules(thumb, neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha)), self._network)
 
     @torch.no_grad()
-    def correct_array(self, pixels: np.ndarray, tile_rows: int = 256) -> np.ndarray:
+    def correct_array(self, pixels: np.ndarray, tile_rows: int = 128) -> np.ndarray:
         """Correct one ``(H, W, 3)`` RGB array (uint8, uint16 or float in [0, 1]); returns the same dtype.
 
         The CPU path for whole photos: the network and the rules' numbers come from the thumbnail; the curve
         strengths are upsampled along the columns once (``h x W``, small) and along the rows tile by tile, where
         the curves and the rules are applied. Memory: one float copy of the photo for the thumbnail (dropped before
         the tiles), then a few tiles above the input and output, whatever the size. The same result as
-        :meth:`forward` up to rounding.
+        :meth:`forward` up to rounding, with any ``tile_rows`` (128: at 12 MP a quarter faster than 256, measured
+        with ``bench/correct.py --model semantic``; no faster below).
         """
         scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(pixels.dtype, 1.0)
         height, width = pixels.shape[:2]
