@@ -12,7 +12,17 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import atomic_write_bytes, luma, read_icc, read_image, to_numpy, to_tensor, write_image
+from loopexpose.io import (
+    atomic_write_bytes,
+    brightest_channel,
+    darkest_channel,
+    luma,
+    read_icc,
+    read_image,
+    to_numpy,
+    to_tensor,
+    write_image,
+)
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -270,3 +280,16 @@ def test_16bit_tiff_orientation(tmp_path, orientation):
     expected = {2: ((0, 9), (6, 10)), 6: ((0, 5), (10, 6)), 7: ((9, 5), (10, 6))}[orientation]
     assert pixels.shape[:2] == expected[1]
     assert tuple(np.argwhere(pixels[:, :, 0] > 0.5)[0]) == expected[0]
+
+
+def test_brightest_and_darkest_channel_match_numpy_reductions():
+    rng = np.random.default_rng(0)
+    for pixels in (
+        rng.integers(0, 256, (7, 5, 3), dtype=np.uint8),
+        rng.integers(0, 65536, (2, 7, 5, 3), dtype=np.uint16),
+        np.concatenate([rng.normal(size=(20, 3)), [[np.inf, -np.inf, 0.0]]]).astype(np.float32),
+    ):
+        brightest, darkest = brightest_channel(pixels), darkest_channel(pixels)
+        assert brightest.dtype == darkest.dtype == pixels.dtype
+        np.testing.assert_array_equal(brightest, pixels.max(axis=-1))
+        np.testing.assert_array_equal(darkest, pixels.min(axis=-1))

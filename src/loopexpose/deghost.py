@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from loopexpose.baselines import MID_GREY
-from loopexpose.io import LUMA_WEIGHTS
+from loopexpose.io import LUMA_WEIGHTS, brightest_channel
 
 __all__ = [
     "WORK_PIXELS",
@@ -274,9 +274,10 @@ def _intervals(values: np.ndarray, curves: np.ndarray, bounds: np.ndarray, judge
         high[..., c][dark], low[..., c][dark] = bounds[c, 0] + tolerance[dark], -np.inf
         high[..., c][bright] = np.inf
         floor = np.where(bright, np.maximum(floor, bounds[c, 1] - tolerance), floor)
-    clipped = (values >= HIGH).any(axis=-1)
-    top_low = np.where(clipped, floor, low.max(axis=-1))
-    top_high = np.where(clipped, np.float32(np.inf), high.max(axis=-1))
+    # Per channel, not numpy's slow reductions over the last axis of length 3 (as in brightest_channel).
+    clipped = (values[..., 0] >= HIGH) | (values[..., 1] >= HIGH) | (values[..., 2] >= HIGH)
+    top_low = np.where(clipped, floor, brightest_channel(low))
+    top_high = np.where(clipped, np.float32(np.inf), brightest_channel(high))
     if judge:
         low[clipped] -= CROSSTALK
     else:
@@ -307,7 +308,8 @@ def _inconsistency(small: np.ndarray, curves: np.ndarray, bounds: np.ndarray, re
         if n == reference:
             continue
         channels, top, clipped = _intervals(small[n], curves[n], bounds[n])
-        squares = (_gap(channels, ref_channels) ** 2).sum(axis=-1)
+        gap = _gap(channels, ref_channels) ** 2
+        squares = gap[..., 0] + gap[..., 1] + gap[..., 2]  # the sum(axis=-1) numpy would do, in its order
         squares += np.where(clipped | ref_clipped, _gap(top, ref_top) ** 2, 0)
         gaps[n] = np.sqrt(squares)
     return gaps
@@ -366,7 +368,7 @@ def ghost_masks(frames: torch.Tensor, reference: int | None = None) -> torch.Ten
 def _distrust(small_reference: np.ndarray) -> np.ndarray:
     """``(h, w)`` in [0, 1]: 1 where the reference is clipped (a channel >= HIGH, or all channels <= LOW), so
     that a copy of it mapped to another exposure would be flat or noisy; 0 well inside the range."""
-    top = small_reference.max(axis=-1)
+    top = brightest_channel(small_reference)
     return 1 - np.clip((HIGH - top) / RAMP, 0, 1) * np.clip((top - LOW) / RAMP, 0, 1)
 
 

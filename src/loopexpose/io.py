@@ -697,6 +697,18 @@ def luma(pixels: np.ndarray) -> np.ndarray:
     return pixels @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)
 
 
+# Element-wise over the three planes: numpy's reduction over a last axis of length 3 (``pixels.max(axis=-1)``) is
+# ~9x slower (0.44 against 0.05 s for 12 MP of float32).
+def brightest_channel(pixels: np.ndarray) -> np.ndarray:
+    """Per-pixel largest channel of ``(..., 3)`` pixels, ``(...)``, same dtype (``pixels.max(axis=-1)``)."""
+    return np.maximum(np.maximum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+
+
+def darkest_channel(pixels: np.ndarray) -> np.ndarray:
+    """Per-pixel smallest channel of ``(..., 3)`` pixels, ``(...)``, same dtype (``pixels.min(axis=-1)``)."""
+    return np.minimum(np.minimum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+
+
 REFERENCE_LUMA = 118 / 255  # mid-grey target for a bracket's "reference" (well-exposed) frame
 
 

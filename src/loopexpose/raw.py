@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image, TiffImagePlugin
 
 from loopexpose.errors import LoopExposeError
-from loopexpose.io import RAW_SUFFIXES, _captured_stderr, check_pixels, luma
+from loopexpose.io import RAW_SUFFIXES, _captured_stderr, brightest_channel, check_pixels, darkest_channel, luma
 
 if TYPE_CHECKING:
     import torch
@@ -425,12 +425,14 @@ def camera_to_srgb_matrix(camera: np.ndarray, srgb: np.ndarray, min_pixels: int 
     """
     cam = camera.reshape(-1, 3).astype(np.float64)
     out = srgb.reshape(-1, 3).astype(np.float64)
-    usable = (cam.max(1) < 0.98) & (out.max(1) < 0.98) & (out.min(1) > 0.002) & (cam.min(1) > 0.002)
-    if usable.sum() < min_pixels:
+    usable = (brightest_channel(cam) < 0.98) & (brightest_channel(out) < 0.98)
+    usable &= (darkest_channel(out) > 0.002) & (darkest_channel(cam) > 0.002)
+    if np.count_nonzero(usable) < min_pixels:
         return None
-    solution, *_ = np.linalg.lstsq(cam[usable], out[usable], rcond=None)
+    cam, out = cam[usable], out[usable]  # gathered once, not once per use
+    solution, *_ = np.linalg.lstsq(cam, out, rcond=None)
     matrix = solution.T
-    residual = np.abs(cam[usable] @ solution - out[usable]).max()
+    residual = np.abs(cam @ solution - out).max()
     if not np.all(np.isfinite(matrix)) or residual > 2e-3:
         return None
     return matrix
@@ -477,7 +479,7 @@ def decode_raw(path: str | os.PathLike, half_size: bool = False, max_side: int =
         camera = cv2.resize(camera, size, interpolation=cv2.INTER_AREA)
     info.update(
         camera_to_srgb=None if matrix is None else [[round(float(v), 6) for v in row] for row in matrix],
-        clipped_fraction_at_ev0=round(float((camera.max(axis=2) >= 0.999).mean()), 6),
+        clipped_fraction_at_ev0=round(float((brightest_channel(camera) >= 0.999).mean()), 6),
         height=int(camera.shape[0]),
         width=int(camera.shape[1]),
     )

@@ -38,6 +38,7 @@ from loopexpose.io import (
     LUMA_WEIGHTS,
     RAW_SUFFIXES,
     atomic_write_bytes,
+    brightest_channel,
     read_image,
     to_numpy,
     to_tensor,
@@ -404,7 +405,7 @@ def prepare_srgb_scene(
             + " curve"
             + (f" -> JPEG q{settings.quality}" if settings.format in ("jpg", "jpeg") else ""),
             "note": "synthetic: the photo's own tone curve, clipping and noise are baked into every frame",
-            "clipped_fraction_of_source": round(float((pixels.max(axis=2) >= 254.5 / 255).mean()), 6),
+            "clipped_fraction_of_source": round(float((brightest_channel(pixels) >= 254.5 / 255).mean()), 6),
             "height": int(pixels.shape[0]),
             "width": int(pixels.shape[1]),
         }
