@@ -293,3 +293,14 @@ def test_brightest_and_darkest_channel_match_numpy_reductions():
         assert brightest.dtype == darkest.dtype == pixels.dtype
         np.testing.assert_array_equal(brightest, pixels.max(axis=-1))
         np.testing.assert_array_equal(darkest, pixels.min(axis=-1))
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 3), (1, 70_000, 3), (40, 3_000, 3), (7, 5, 3)])
+def test_quantise_in_bands_matches_the_whole_array_formula(shape):
+    from loopexpose.io import _quantise
+
+    pixels = np.random.default_rng(0).uniform(-0.1, 1.1, shape).astype(np.float32)
+    for bits, dtype in ((8, np.uint8), (16, np.uint16)):
+        expected = (np.clip(pixels, 0, 1) * (2**bits - 1) + 0.5).astype(dtype)
+        np.testing.assert_array_equal(_quantise(pixels, bits), expected)
+        np.testing.assert_array_equal(_quantise(pixels.astype(np.float64), bits), expected)
