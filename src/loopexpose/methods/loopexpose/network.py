@@ -41,7 +41,7 @@ import numpy as np
 from loopexpose.exposure import (
     MID_GREY_LINEAR, apply_exposure_rules, exposure_key, exposure_rules, finish, highlight_weight, srgb_to_linear,
 )  # fmt: skip
-from loopexpose.io import LUMA_WEIGHTS
+from loopexpose.io import LUMA_WEIGHTS, brightest_channel, darkest_channel
 from loopexpose.models.base import ExposureModel
 from loopexpose.models.registry import register
 
@@ -267,9 +267,7 @@ class CurveGrid(ExposureModel):
                 y0 = cv2.LUT(tile, np.ascontiguousarray(luts.T[None]))
             else:
                 y0 = np.stack([luts[c][tile[..., c]] for c in range(3)], axis=-1)
-            # Per-pixel channel extremes as two element-wise operations: numpy's reduction over an axis of 3 is
-            # about 20x slower (65 against 3 ms of CPU per 3 MP).
-            darkest = np.minimum(np.minimum(tile[..., 0], tile[..., 1]), tile[..., 2])
+            darkest = darkest_channel(tile)  # not tile.min(axis=2): 65 against 3 ms of CPU per 3 MP
             # The highlight rules run on the pixels bright in every channel alone, found once as flat indices
             # (gathering by integer indices with np.take is 3 to 10x faster than by a boolean mask).
             bright = np.flatnonzero(darkest >= first_bright)
@@ -277,7 +275,7 @@ class CurveGrid(ExposureModel):
                 flat_y0 = y0.reshape(-1, 3)
                 picked, source = np.take(flat_y0, bright, axis=0), np.take(tile.reshape(-1, 3), bright, axis=0)
                 weight = weight_lut[np.take(darkest, bright)][:, None]
-                brightest = np.maximum(np.maximum(source[:, 0], source[:, 1]), source[:, 2])
+                brightest = brightest_channel(source)
                 scale = neutral_lut[brightest] / np.maximum(brightest.astype(np.float32), np.float32(1e-3) * top)
                 picked += weight * (source * scale[:, None] - picked)
                 flat_y0[bright] = picked
