@@ -134,11 +134,14 @@ def expose_to_level(images: torch.Tensor, level: torch.Tensor, steps: int = 12) 
 
     linear = kornia.color.rgb_to_linear_rgb(images.clamp(0, 1))
     gain = torch.ones(len(images), dtype=images.dtype, device=images.device)
-    exposed = images
+    exposed = images.clone()
     for _ in range(steps):
-        brighter = _finish_linear(linear, gain.clamp_min(1))
-        darker = kornia.color.linear_rgb_to_rgb((linear * gain.clamp_max(1).view(-1, 1, 1, 1)).clamp(0, 1))
-        exposed = torch.where((gain >= 1).view(-1, 1, 1, 1), brighter, darker)
+        up = gain >= 1  # each image through its own branch only
+        if bool(up.any()):
+            exposed[up] = _finish_linear(linear[up], gain[up])
+        if not bool(up.all()):
+            down = ~up
+            exposed[down] = kornia.color.linear_rgb_to_rgb((linear[down] * gain[down].view(-1, 1, 1, 1)).clamp(0, 1))
         gain = gain * (level.to(gain) / mean_luma(exposed).flatten().clamp_min(1e-4)) ** 2.2
     return exposed
 
