@@ -192,7 +192,8 @@ def highlight_chroma_added(image: torch.Tensor, source: torch.Tensor, level: flo
     lead = image.shape[:-3]
     out = kornia.color.rgb_to_lab(image.detach().reshape(-1, *image.shape[-3:]).float().clamp(0, 1))
     src = kornia.color.rgb_to_lab(source.detach().reshape(-1, *source.shape[-3:]).float().clamp(0, 1))
-    added = (out[:, 1:].norm(dim=1) - src[:, 1:].norm(dim=1)).clamp_min(0)  # (N, H, W)
+    # C* by torch.hypot: Tensor.norm(dim=1) computes the same 200x slower on the CPU (90 ms for 5 x 0.1 MP)
+    added = (torch.hypot(out[:, 1], out[:, 2]) - torch.hypot(src[:, 1], src[:, 2])).clamp_min(0)  # (N, H, W)
     bright = (source.detach().reshape(-1, *source.shape[-3:]) >= level).all(dim=1).float()
     count = bright.sum(dim=(-2, -1))
     value = (added * bright).sum(dim=(-2, -1)) / count.clamp_min(1)
