@@ -51,8 +51,13 @@ def _finish_linear(linear: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     import kornia
 
     gain = gain.view(-1, 1, 1, 1).to(linear)
-    scaled = linear * gain
-    return kornia.color.linear_rgb_to_rgb((scaled * (1 + scaled / gain**2) / (1 + scaled)).clamp(0, 1))
+    return kornia.color.linear_rgb_to_rgb(roll_off(linear * gain, gain).clamp(0, 1))
+
+
+def roll_off(scaled: torch.Tensor, white: torch.Tensor) -> torch.Tensor:
+    """Reinhard's extended tone curve of linear values ``scaled`` with white point ``white`` (broadcast): ``white``
+    maps to 1, small values keep their scale. What :func:`finish` and CurveGrid's exposure prior brighten with."""
+    return scaled * (1 + scaled / white**2) / (1 + scaled)
 
 
 #: Where the exposure floor aims between the network's own level (1) and mid-grey (0), in log luma

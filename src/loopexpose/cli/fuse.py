@@ -94,8 +94,8 @@ def fuse_scene(
     from loopexpose.api import fuse as fuse_frames
     from loopexpose.brackets import list_images, read_bracket
 
-    inputs = {path.resolve() for path in (paths if paths is not None else list_images(scene))}
-    if target.resolve() in inputs:
+    paths = list(paths) if paths is not None else list_images(scene)  # listed once, checked, then read
+    if target.resolve() in {path.resolve() for path in paths}:
         raise LoopExposeError(f"output {target} would overwrite a frame of the scene; choose another -o folder", scene)
     bracket, frames = read_bracket(scene, paths, max_side=max_side)  # ordered and loaded, each frame decoded once
     alignment = None

@@ -39,7 +39,8 @@ import cv2
 import numpy as np
 
 from loopexpose.exposure import (
-    MID_GREY_LINEAR, apply_exposure_rules, exposure_key, exposure_rules, finish, highlight_weight, srgb_to_linear,
+    MID_GREY_LINEAR, apply_exposure_rules, exposure_key, exposure_rules, finish, highlight_weight, roll_off,
+    srgb_to_linear,
 )  # fmt: skip
 from loopexpose.io import LUMA_WEIGHTS, brightest_channel, darkest_channel
 from loopexpose.models.base import ExposureModel
@@ -357,8 +358,7 @@ def prior_curve_logits(key: torch.Tensor, knots: int) -> tuple[torch.Tensor, tor
     # Reinhard's roll-off with the white point at the scaled white: a brightening gain compresses the highlights
     # (which hold a dark frame's detail) instead of clipping them; a darkening gain (white <= 1) stays linear.
     white = gain.clamp_min(1)[:, None]
-    linear = scaled * (1 + scaled / white**2) / (1 + scaled)
-    linear = torch.where(white > 1, linear, scaled)
+    linear = torch.where(white > 1, roll_off(scaled, white), scaled)
     curve = kornia.color.linear_rgb_to_rgb(linear.clamp(0, 1)[:, None, None].expand(-1, 3, 1, -1))[:, 0, 0]
     white_level = curve[:, -1].clamp(0.02, 0.999)
     increments = curve.diff(dim=-1).clamp_min(1e-4 * white_level[:, None])  # every increment stays reachable by the head

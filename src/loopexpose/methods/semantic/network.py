@@ -168,10 +168,15 @@ def _pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if x.shape[-2:] == size else F.adaptive_avg_pool2d(x, size)
 
 
+def _curves(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The network's result without the exposure rules: the curves of strengths ``alpha`` on ``x`` (any size, or rows
+    of it), then neutral highlights."""
+    return neutral_highlights(x, apply_quadratic_curves(x, alpha))
+
+
 def _with_rules(x: torch.Tensor, alpha: torch.Tensor, rules: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The curves of strengths ``alpha`` on ``x`` (any size, or rows of it), then neutral highlights and the exposure
-    rules' numbers ``rules``."""
-    return apply_exposure_rules(x, neutral_highlights(x, apply_quadratic_curves(x, alpha)), *rules)
+    """:func:`_curves`, then the exposure rules' numbers ``rules``."""
+    return apply_exposure_rules(x, _curves(x, alpha), *rules)
 
 
 def apply_quadratic_curves(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -287,7 +292,7 @@ class SemanticNet(ExposureModel):
     def _rules(self, thumb: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The exposure rules' numbers (:func:`loopexpose.exposure.exposure_rules`) of thumbnails whose curve
         strengths are ``alpha``."""
-        return exposure_rules(thumb, neutral_highlights(thumb, apply_quadratic_curves(thumb, alpha)), self._network)
+        return exposure_rules(thumb, _curves(thumb, alpha), self._network)
 
     @torch.no_grad()
     def correct_array(self, pixels: np.ndarray, tile_rows: int = 128) -> np.ndarray:
@@ -326,4 +331,4 @@ class SemanticNet(ExposureModel):
     def _network(self, thumb: torch.Tensor) -> torch.Tensor:
         """The network and its neutral highlights, no exposure rules, on ``(B, 3, h, w)`` thumbnails of at most the
         working size."""
-        return neutral_highlights(thumb, apply_quadratic_curves(thumb, self.predict(thumb, self.regions(thumb))))
+        return _curves(thumb, self.predict(thumb, self.regions(thumb)))
